@@ -1,0 +1,120 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Shared by every Tapio BPF program: the ring buffer, the drop counters, the load-time config,
+ * and the helpers that fill the common header and reserve space for an event.
+ *
+ * Each bpf/<family>.bpf.c is compiled on its own and `bpftool gen object` links them into one
+ * object; the maps are __weak here so that the linker merges the identical definitions.
+ */
+#ifndef TAPIO_EMIT_BPF_H
+#define TAPIO_EMIT_BPF_H
+
+#include "kernel_types.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "tapio_events.h"
+
+/* One ring buffer for all event types; userspace sets its size before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps") __weak;
+
+/* Failed reserves per event type, per CPU: userspace sums them into events_dropped{stage=kernel}. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TAPIO_EVENT_TYPE_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps") __weak;
+
+/* Cgroup v2 ids to trace when config.filter_cgroups is set. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} cgroup_allow SEC(".maps") __weak;
+
+/* Defined once, in tapio.bpf.c. */
+extern const volatile struct tapio_config tapio_config;
+
+static __always_inline bool type_enabled(__u32 type)
+{
+	return tapio_config.enabled_types & (1u << type);
+}
+
+/* Whether a task is one we must not report: the collector itself, or outside the allow-list. */
+static __always_inline bool task_filtered(__u32 tgid, __u64 cgroup_id)
+{
+	if (tgid == tapio_config.self_tgid)
+		return true;
+	if (tapio_config.filter_cgroups && !bpf_map_lookup_elem(&cgroup_allow, &cgroup_id))
+		return true;
+	return false;
+}
+
+static __always_inline void count_drop(__u32 type)
+{
+	__u64 *n = bpf_map_lookup_elem(&drops, &type);
+
+	if (n)
+		*n += 1; /* per-CPU slot: no atomic needed */
+}
+
+/* Reserve an event of `size` bytes, or count the drop and return NULL. */
+static __always_inline void *reserve_event(__u64 size, __u32 type)
+{
+	void *e = bpf_ringbuf_reserve(&events, size, 0);
+
+	if (!e)
+		count_drop(type);
+	return e;
+}
+
+static __always_inline __u64 task_cgroup_id(struct task_struct *task)
+{
+	return BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+}
+
+/* Fill the header from any task (the OOM victim, a signal's target, ...). */
+static __always_inline void fill_header_task(struct tapio_header *h, __u32 type,
+					     struct task_struct *task)
+{
+	h->timestamp_ns = bpf_ktime_get_boot_ns();
+	h->cgroup_id = task_cgroup_id(task);
+	h->type = type;
+	h->pid = BPF_CORE_READ(task, tgid);
+	h->tid = BPF_CORE_READ(task, pid);
+	h->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	h->uid = BPF_CORE_READ(task, real_cred, uid.val);
+	h->gid = BPF_CORE_READ(task, real_cred, gid.val);
+	BPF_CORE_READ_STR_INTO(&h->comm, task, comm);
+}
+
+/* Fill the header from the running task, with the cheaper helpers where they exist. */
+static __always_inline void fill_header_current(struct tapio_header *h, __u32 type)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+
+	h->timestamp_ns = bpf_ktime_get_boot_ns();
+	h->cgroup_id = bpf_get_current_cgroup_id();
+	h->type = type;
+	h->pid = pid_tgid >> 32;
+	h->tid = (__u32)pid_tgid;
+	h->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	h->uid = (__u32)uid_gid;
+	h->gid = uid_gid >> 32;
+	bpf_get_current_comm(&h->comm, sizeof(h->comm));
+}
+
+/* Whether the running task is filtered; cheap enough to call before reserving. */
+static __always_inline bool current_filtered(void)
+{
+	return task_filtered(bpf_get_current_pid_tgid() >> 32, bpf_get_current_cgroup_id());
+}
+
+#endif /* TAPIO_EMIT_BPF_H */

@@ -1,0 +1,12 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* The definitions every program of the linked object shares; the programs live in *.bpf.c. */
+#include "emit.bpf.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Userspace overwrites this in the object's .rodata before load (tapio/_fast/bpf.pyx). */
+const volatile struct tapio_config tapio_config = {
+	.self_tgid = 0,
+	.enabled_types = ~0u,
+	.filter_cgroups = 0,
+};

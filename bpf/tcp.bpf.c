@@ -1,0 +1,172 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * TCP connect outcomes, accepts and closes.
+ *
+ * inet_sock_set_state fires in whatever context moves the socket, which for a SYN-ACK, a RST or a
+ * FIN is a softirq on behalf of nobody in particular. So, as libbpf-tools' tcplife does, the owner
+ * (pid, comm, cgroup, ...) is remembered where it is known for sure: in connect() (CLOSE ->
+ * SYN_SENT) and in accept() (the syscall's exit), and every later event of the socket carries it.
+ */
+#include "emit.bpf.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+/* include/net/tcp_states.h */
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_CLOSE 7
+
+struct sock_owner {
+	struct tapio_header hdr; /* who connected or accepted; hdr.timestamp_ns is when */
+	__u32 direction;
+	__u32 _pad;
+};
+
+/* LRU: a socket whose close we never see (or that outlives the map's capacity) ages out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct sock_owner);
+} sock_owners SEC(".maps");
+
+static __always_inline void read_addrs(struct tapio_tcp *e, const struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	e->family = family;
+	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
+	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+	if (family == AF_INET) {
+		BPF_CORE_READ_INTO((__u32 *)e->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)e->daddr, sk, __sk_common.skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+}
+
+static __always_inline void emit_tcp(const struct sock *sk, __u32 type, struct sock_owner *owner,
+				     __s32 error)
+{
+	struct tapio_tcp *e;
+	__u64 now;
+
+	if (!type_enabled(type))
+		return;
+	e = reserve_event(sizeof(*e), type);
+	if (!e)
+		return;
+	now = bpf_ktime_get_boot_ns();
+	e->hdr = owner->hdr;
+	e->hdr.timestamp_ns = now;
+	e->hdr.type = type;
+	read_addrs(e, sk);
+	e->direction = owner->direction;
+	e->error = error;
+	e->_pad = 0;
+	e->duration_ns = now - owner->hdr.timestamp_ns;
+	if (type == TAPIO_EVENT_TCP_CLOSE) {
+		const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+
+		e->bytes_sent = BPF_CORE_READ(tp, bytes_acked);
+		e->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	} else {
+		e->bytes_sent = 0;
+		e->bytes_received = 0;
+	}
+	bpf_ringbuf_submit(e, 0);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tapio_tcp_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	__u64 key = (__u64)sk;
+	struct sock_owner *owner;
+	__u16 family;
+
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+
+	if (newstate == TCP_SYN_SENT) {
+		/* connect(): the one moment we run as the socket's owner */
+		struct sock_owner o = { .direction = TAPIO_TCP_ACTIVE };
+
+		if (current_filtered())
+			return 0;
+		fill_header_current(&o.hdr, TAPIO_EVENT_TCP_CONNECT);
+		bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);
+		return 0;
+	}
+
+	owner = bpf_map_lookup_elem(&sock_owners, &key);
+	if (!owner)
+		return 0;
+	if (oldstate == TCP_SYN_SENT) {
+		if (newstate == TCP_ESTABLISHED) {
+			emit_tcp(sk, TAPIO_EVENT_TCP_CONNECT, owner, 0);
+			owner->hdr.timestamp_ns = bpf_ktime_get_boot_ns(); /* the connection's lifetime starts */
+		} else if (newstate == TCP_CLOSE) {
+			/* tcp_reset()/tcp_write_err() set sk_err before the socket moves to CLOSE */
+			__s32 err = BPF_CORE_READ(sk, sk_err);
+
+			emit_tcp(sk, TAPIO_EVENT_TCP_CONNECT, owner, err ? err : 103 /* ECONNABORTED */);
+			bpf_map_delete_elem(&sock_owners, &key);
+		}
+		return 0;
+	}
+	if (newstate == TCP_CLOSE) {
+		emit_tcp(sk, TAPIO_EVENT_TCP_CLOSE, owner, 0);
+		bpf_map_delete_elem(&sock_owners, &key);
+	}
+	return 0;
+}
+
+/* accept() and accept4() return the new socket's fd: look it up in the caller's fd table. */
+static __always_inline int on_accept_exit(struct syscall_exit_record *rec)
+{
+	struct task_struct *task;
+	struct file **fds, *file;
+	struct socket *sock;
+	struct sock *sk;
+	struct sock_owner o = { .direction = TAPIO_TCP_PASSIVE };
+	__u64 key;
+	long fd = rec->ret;
+
+	if (fd < 0 || current_filtered())
+		return 0;
+	task = (struct task_struct *)bpf_get_current_task();
+	if (fd >= BPF_CORE_READ(task, files, fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(task, files, fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) < 0 || !file)
+		return 0;
+	sock = BPF_CORE_READ(file, private_data);
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	fill_header_current(&o.hdr, TAPIO_EVENT_TCP_ACCEPT);
+	key = (__u64)sk;
+	bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);
+	emit_tcp(sk, TAPIO_EVENT_TCP_ACCEPT, &o, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int tapio_accept4_exit(struct syscall_exit_record *rec)
+{
+	return on_accept_exit(rec);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int tapio_accept_exit(struct syscall_exit_record *rec)
+{
+	return on_accept_exit(rec);
+}

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Tapio's one entry point. Every step runs the steps it needs first, and skips what is done.
+#
+#   ./build.sh deps     system packages (apt) and the Python venv (.venv)
+#   ./build.sh build    BPF object, wire-contract modules, Cython core (into .venv, editable)
+#   ./build.sh run      the collector (and the server) on this host, with embedded defaults
+#   ./build.sh test     the test suite (real eBPF: run as root)
+#   ./build.sh bench    the benchmarks (tables on stdout, JSON under benchmarks/results/)
+#   ./build.sh sdist    dist/tapio-<version>.tar.gz that builds offline with gcc and libbpf-dev
+#   ./build.sh clean    remove build outputs
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$ROOT"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+PYTHON=${PYTHON:-python3}
+BPF_OBJ=tapio/_fast/tapio.bpf.o
+
+APT_BUILD=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config gcc make)
+APT_TEST=(stress-ng iproute2)
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'build.sh: %s\n' "$*" >&2; exit 2; }
+
+# One build at a time: concurrent runs (two terminals, parallel test sessions) wait here.
+lock() {
+    exec 9>"$ROOT/.build.lock"
+    flock 9
+}
+
+apt_install() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing Debian packages: ${missing[*]}"
+    local sudo=()
+    [ "$(id -u)" -ne 0 ] && sudo=(sudo)
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+python_headers() {
+    "$PYTHON" - <<'EOF' || return 1
+import os, sysconfig, sys
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
+EOF
+}
+
+cmd_deps() {
+    apt_install "${APT_BUILD[@]}"
+    command -v "$PYTHON" >/dev/null || die "no $PYTHON on PATH: install Python >= 3.10 (python3, python3-venv, python3-dev)"
+    if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then apt_install python3-venv; fi
+    python_headers || apt_install python3-dev
+    local stamp="$VENV/.requirements.sha"
+    local want
+    want=$(cat requirements/*.txt | sha256sum | cut -d' ' -f1)
+    if [ ! -x "$PY" ]; then
+        log "creating $VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        log "installing Python packages into $VENV"
+        "$PY" -m pip install -q --upgrade pip
+        "$PY" -m pip install -q -r requirements/dev.txt
+        echo "$want" >"$stamp"
+    fi
+}
+
+# Compile each bpf/<family>.bpf.c on its own, then link them into the one object the package ships.
+build_bpf() {
+    local arch
+    case "$(uname -m)" in
+        x86_64) arch=x86 ;;
+        aarch64) arch=arm64 ;;
+        *) arch=$(uname -m) ;;
+    esac
+    mkdir -p build/bpf
+    local objs=() stale=0
+    for src in bpf/*.bpf.c; do
+        local obj="build/bpf/$(basename "${src%.bpf.c}").o"
+        objs+=("$obj")
+        if [ ! -f "$obj" ] || [ -n "$(find "$src" bpf/*.h -newer "$obj" 2>/dev/null | head -1)" ]; then
+            log "clang $src"
+            clang -g -O2 -Wall -Werror -target bpf "-D__TARGET_ARCH_$arch" -Ibpf -c "$src" -o "$obj"
+            stale=1
+        fi
+    done
+    if [ "$stale" = 1 ] || [ ! -f "$BPF_OBJ" ]; then
+        log "linking $BPF_OBJ"
+        bpftool gen object "$BPF_OBJ" "${objs[@]}"
+    fi
+}
+
+cmd_build() {
+    cmd_deps
+    lock
+    build_bpf
+    # setup.py generates tapio/v1 from proto/ and cythonizes only what changed
+    log "building the Cython core"
+    "$PY" setup.py -q build_ext --inplace >/dev/null
+    if ! "$PY" -c 'import tapio, sys; sys.exit(0 if tapio.__file__.startswith(sys.argv[1]) else 1)' "$ROOT" 2>/dev/null; then
+        log "installing tapio into $VENV (editable)"
+        "$PY" -m pip install -q --no-build-isolation --no-deps -e . >/dev/null
+    fi
+    flock -u 9
+}
+
+cmd_run() {
+    cmd_build
+    exec "$ROOT/scripts/run-local.sh" "$@"
+}
+
+cmd_test() {
+    cmd_build
+    apt_install "${APT_TEST[@]}"
+    "$VENV/bin/pytest" -q "$@"
+}
+
+cmd_bench() {
+    cmd_build
+    apt_install "${APT_TEST[@]}"
+    mkdir -p benchmarks/results
+    local names=("$@")
+    [ ${#names[@]} -eq 0 ] && names=(codec ringbuf)
+    for b in "${names[@]}"; do
+        [ -f "benchmarks/$b.py" ] || die "no benchmark named $b (benchmarks/*.py)"
+        "$PY" "benchmarks/$b.py" --json "benchmarks/results/$b.json"
+    done
+}
+
+cmd_sdist() {
+    cmd_build
+    lock
+    rm -rf dist
+    "$PY" -m build --sdist --no-isolation --outdir dist . >/dev/null
+    flock -u 9
+    ls dist/tapio-*.tar.gz
+}
+
+cmd_clean() {
+    rm -rf build dist "$BPF_OBJ" tapio/_fast/*.c tapio/_fast/*.so tapio/_fast/*.html tapio/v1 ./*.egg-info
+}
+
+case "${1:-}" in
+    deps|build|run|test|bench|sdist|clean)
+        step=$1
+        shift
+        "cmd_$step" "$@"
+        ;;
+    *)
+        echo "usage: ./build.sh {deps|build|run|test|bench|sdist|clean} [args]" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,66 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The batch arena: preallocated slots that kernel (or synthetic) events are copied into."""
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from libc.stdint cimport uint32_t
+from tapio._fast.events cimport tapio_event
+
+SLOT_SIZE = sizeof(tapio_event)
+
+
+cdef class EventArena:
+
+    def __cinit__(self, uint32_t capacity):
+        if capacity == 0:
+            raise ValueError("an event arena needs a capacity of at least 1 slot")
+        self.c.capacity = capacity
+        self.c.slots = <char *>PyMem_Calloc(capacity, sizeof(tapio_event))
+        self.c.repeat = <uint32_t *>PyMem_Calloc(capacity, sizeof(uint32_t))
+        self.c.ctx_ptr = <const char **>PyMem_Calloc(capacity, sizeof(char *))
+        self.c.ctx_len = <uint32_t *>PyMem_Calloc(capacity, sizeof(uint32_t))
+        self.c.proc_ptr = <const char **>PyMem_Calloc(capacity, sizeof(char *))
+        self.c.proc_len = <uint32_t *>PyMem_Calloc(capacity, sizeof(uint32_t))
+        if (self.c.slots == NULL or self.c.repeat == NULL or self.c.ctx_ptr == NULL
+                or self.c.ctx_len == NULL or self.c.proc_ptr == NULL or self.c.proc_len == NULL):
+            raise MemoryError(f"cannot allocate an event arena of {capacity} slots")
+
+    def __dealloc__(self):
+        PyMem_Free(self.c.slots)
+        PyMem_Free(self.c.repeat)
+        PyMem_Free(<void *>self.c.ctx_ptr)
+        PyMem_Free(self.c.ctx_len)
+        PyMem_Free(<void *>self.c.proc_ptr)
+        PyMem_Free(self.c.proc_len)
+
+    def __len__(self):
+        return self.c.count
+
+    @property
+    def capacity(self):
+        return self.c.capacity
+
+    @property
+    def malformed(self):
+        """Records refused because their size did not match their type."""
+        return self.c.malformed
+
+    @property
+    def full(self):
+        return self.c.count == self.c.capacity
+
+    def clear(self):
+        """Forget the events; every push overwrites its slot, so nothing is zeroed."""
+        self.c.count = 0
+
+    def push_bytes(self, const unsigned char[::1] record not None):
+        """Append one record in kernel layout (tests, synthetic sources). False when the arena is
+        full or the record is malformed (and counted)."""
+        if self.c.count == self.c.capacity:
+            return False
+        return arena_push(&self.c, &record[0], record.shape[0]) != PUSH_MALFORMED
+
+    def slot_bytes(self, uint32_t i):
+        """Slot i in kernel layout, as many bytes as its type has (tests, debugging)."""
+        if i >= self.c.count:
+            raise IndexError(f"slot {i} is not filled (the arena holds {self.c.count})")
+        cdef tapio_event *e = arena_slot(&self.c, i)
+        return (<char *>e)[:event_size(e.hdr.type)]
