@@ -48,8 +48,8 @@ def extensions():
             f"tapio._fast.{module}",
             [source],
             include_dirs=["bpf"],
-            extra_compile_args=cflags + ["-O2", "-Wno-unused-function"],
-            extra_link_args=libs if module == "kernel" else [],
+            extra_compile_args=cflags + ["-Wno-unused-function"],
+            extra_link_args=libs,
         ))
     if not have_pyx:
         return exts

@@ -10,3 +10,7 @@ const volatile struct tapio_config tapio_config = {
 	.enabled_types = ~0u,
 	.filter_cgroups = 0,
 };
+
+/* Never read: it makes the object's BTF describe the event layout, so that tests/test_layout.py
+ * can compare what clang laid out for BPF with what the host compiler laid out for Cython. */
+const union tapio_event *tapio_event_layout __attribute__((unused));

@@ -1,0 +1,96 @@
+"""tapio-collector: kernel events from eBPF, to JSON lines (--output) or a Tapio server (--server)."""
+import errno
+import logging
+import os
+import socket
+import sys
+
+from tapio import __version__, logs
+from tapio.flags import (FlagParser, choice, parse_duration, parse_size, positive, non_negative,
+                         port)
+
+log = logging.getLogger("tapio.collector")
+
+EVENT_GROUPS = {
+    "exec": ["exec"],
+    "exit": ["exit"],
+    "tcp": ["tcp_connect", "tcp_accept", "tcp_close"],
+    "tcp_connect": ["tcp_connect"],
+    "tcp_accept": ["tcp_accept"],
+    "tcp_close": ["tcp_close"],
+    "oom": ["oom"],
+    "signal": ["signal"],
+}
+
+
+def parse_events(text):
+    names = []
+    for part in str(text).split(","):
+        part = part.strip().lower()
+        if part == "all":
+            return sorted({n for group in EVENT_GROUPS.values() for n in group})
+        if part not in EVENT_GROUPS:
+            import argparse
+            raise argparse.ArgumentTypeError(
+                f"unknown event type {part!r}: choose from all, {', '.join(EVENT_GROUPS)}")
+        names.extend(n for n in EVENT_GROUPS[part] if n not in names)
+    return names
+
+
+def build_parser():
+    p = FlagParser("tapio-collector", __doc__ + """
+
+examples:
+  tapio-collector --enable-ebpf --output -                      JSON lines on stdout
+  tapio-collector --server localhost:9090 --enable-ebpf         stream to tapio-server
+  tapio-collector --server tapio-server:9090 --enable-ebpf --enable-k8s=false \\
+      --enable-systemd=false --buffer-size 2000 --correlation semantic
+""")
+    p.add_argument("--version", action="version", version=f"tapio-collector {__version__}")
+    p.switch("--enable-ebpf", help="collect kernel events with eBPF (needs root or CAP_BPF+CAP_PERFMON)")
+    p.flag("--output", metavar="PATH", help="write every event as a JSON line to PATH ('-' for stdout)")
+    p.flag("--server", metavar="HOST:PORT[,HOST:PORT...]", help="Tapio server(s) to stream to")
+    p.flag("--events", type=parse_events, default="all", metavar="TYPES",
+           help="event types: all or a list of exec,exit,tcp,tcp_connect,tcp_accept,tcp_close,oom,signal")
+    p.flag("--ring-buffer-size", type=parse_size, default="8MiB", metavar="SIZE",
+           help="kernel ring buffer (a power of two)")
+    p.flag("--batch-size", type=positive(int), default=512, metavar="N",
+           help="most events per batch")
+    p.flag("--flush-interval", type=non_negative(parse_duration), default="100ms", metavar="DURATION",
+           help="longest time an event waits for its batch while one is in flight")
+    p.flag("--collector-id", metavar="ID", help="this collector's id (default: <node-name>-collector)")
+    p.flag("--node-name", metavar="NAME", help="node name on every batch (default: $NODE_NAME or the hostname)")
+    p.flag("--log-format", type=choice("text", "json"), default="text", help="log format")
+    p.flag("--log-level", type=choice(*logs.LEVELS), default="info", help="log level")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_format, args.log_level)
+    if not args.enable_ebpf:
+        print("tapio-collector: nothing to collect: pass --enable-ebpf", file=sys.stderr)
+        return 2
+    if not args.output and not args.server:
+        print("tapio-collector: nowhere to send events: pass --server HOST:PORT or --output PATH|-",
+              file=sys.stderr)
+        return 2
+    args.node_name = args.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+    args.collector_id = args.collector_id or f"{args.node_name}-collector"
+
+    from tapio._fast.kernel import BpfError
+    from tapio.collector import app
+    try:
+        return app.run(args)
+    except BpfError as e:
+        print(f"tapio-collector: {e.strerror}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.ENOENT, errno.EISDIR) and e.filename:
+            print(f"tapio-collector: cannot open {e.filename}: {e.strerror}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

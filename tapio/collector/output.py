@@ -1,0 +1,24 @@
+"""`--output`: every event as one JSON line, to stdout (`-`) or a file (appended)."""
+import sys
+
+from tapio._fast.codec import DecodedBatch
+
+
+class JsonLinesSink:
+    """Decodes each batch with the same decoder the server uses, so the lines have exactly the
+    shape of the server's --events-out."""
+
+    def __init__(self, path):
+        self.path = path
+        self._file = sys.stdout.buffer if path == "-" else open(path, "ab")
+
+    def idle(self):
+        return True     # writing is synchronous: nothing is ever in flight
+
+    async def submit(self, data, count):
+        self._file.write(DecodedBatch.parse(data).to_json_lines())
+        self._file.flush()
+
+    def close(self):
+        if self._file is not sys.stdout.buffer:
+            self._file.close()

@@ -1,0 +1,111 @@
+"""Helpers for tests that run real processes: bounded waits, collector/server processes."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+BIN = os.path.dirname(sys.executable)
+REQUIRE_EBPF = os.environ.get("TAPIO_REQUIRE_EBPF") == "1"
+
+
+def require_ebpf():
+    """Skip without the privilege real eBPF needs; under TAPIO_REQUIRE_EBPF=1, fail instead."""
+    why = None
+    if os.geteuid() != 0:
+        why = "needs root (or CAP_BPF+CAP_PERFMON) for real eBPF"
+    elif not os.path.exists("/sys/kernel/btf/vmlinux"):
+        why = "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
+    if why is None:
+        return
+    if REQUIRE_EBPF:
+        pytest.fail(f"TAPIO_REQUIRE_EBPF=1 but {why}")
+    pytest.skip(why)
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02, what="the condition"):
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_json_lines(path):
+    """Every complete JSON line of a file that another process may still be writing."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in data.split(b"\n")[:-1] if line]
+
+
+class ManagedProcess:
+    """A child process whose stderr goes to a file, stopped (and if need be killed) at the end."""
+
+    def __init__(self, argv, log_path, env=None):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self._log,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_log(self, text, timeout=30.0):
+        def seen():
+            if text in self.log():
+                return True
+            if self.proc.poll() is not None:
+                pytest.fail(f"process exited with {self.proc.returncode} before logging "
+                            f"{text!r}:\n{self.log()}")
+            return False
+        wait_until(seen, timeout, what=f"{text!r} in {self.log_path}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        """Signal the process, wait (bounded), kill it if it does not go. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+class CollectorProcess(ManagedProcess):
+    """`tapio-collector --enable-ebpf --output FILE [flags]`."""
+
+    def __init__(self, output, flags=(), env=None):
+        self.output = output
+        argv = [os.path.join(BIN, "tapio-collector"), "--enable-ebpf", "--output", str(output),
+                *flags]
+        super().__init__(argv, str(output) + ".log", env)
+
+    def wait_attached(self):
+        self.wait_log("eBPF probes attached")
+
+    def events(self):
+        return read_json_lines(self.output)
+
+    def wait_for(self, predicate, timeout=15.0, what="an event"):
+        """The events matching `predicate`, once at least one has arrived."""
+        return wait_until(lambda: [e for e in self.events() if predicate(e)], timeout, what=what)

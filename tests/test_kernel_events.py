@@ -1,0 +1,225 @@
+"""Real kernel events through a real `tapio-collector --enable-ebpf --output FILE`.
+
+Each test makes the kernel do something (exec, exit, fault, connect, accept, OOM) in a child
+process and finds exactly that in the collector's JSON lines, by pid.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+
+import pytest
+
+from tests.helpers import BIN, CollectorProcess, require_ebpf, wait_until
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(scope="module")
+def collector(tmp_path_factory):
+    require_ebpf()
+    proc = CollectorProcess(tmp_path_factory.mktemp("collector") / "events.jsonl")
+    proc.wait_attached()
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+def by_pid(pid, type_):
+    return lambda e: e["pid"] == pid and e["type"] == type_
+
+
+def test_exec_and_exit_code(collector, tmp_path):
+    name = f"tapio-probe-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / name
+    script.write_text("#!/bin/sh\nexit 3\n")
+    script.chmod(0o755)
+    child = subprocess.run([str(script), "hello-arg"], check=False)
+    assert child.returncode == 3
+
+    execs = collector.wait_for(lambda e: e["type"] == "exec" and e["exec"]["filename"] == str(script),
+                               what=f"the exec of {name}")
+    exec_ = execs[0]
+    assert exec_["ppid"] == os.getpid()
+    assert exec_["comm"] == name[:15]
+    assert exec_["uid"] == os.getuid()
+    assert "hello-arg" in exec_["exec"]["args"]
+    assert str(script) in exec_["exec"]["args"]
+    exit_ = collector.wait_for(by_pid(exec_["pid"], "exit"), what=f"the exit of {name}")[0]
+    assert exit_["exit"]["exit_code"] == 3
+    assert exit_["exit"]["signal"] == 0
+    assert exit_["exit"]["duration_ns"] > 0
+    assert exit_["timestamp_ns"] >= exec_["timestamp_ns"]
+
+
+def test_fatal_signal_from_a_fault(collector):
+    child = subprocess.run([sys.executable, "-c", "import ctypes; ctypes.string_at(0)"])
+    assert child.returncode == -signal.SIGSEGV
+    pid = collector.wait_for(lambda e: e["type"] == "exec" and "ctypes.string_at(0)" in e["exec"]["args"],
+                             what="the exec of the faulting child")[0]["pid"]
+    sig = collector.wait_for(by_pid(pid, "signal"), what="the SIGSEGV event")[0]
+    assert sig["signal"]["signal"] == signal.SIGSEGV
+    assert sig["signal"]["signal_name"] == "SIGSEGV"
+    assert sig["signal"]["sender_pid"] == pid       # a fault: the kernel sends it to itself
+    assert sig["signal"]["code"] > 0                # SEGV_MAPERR, not SI_USER
+    exit_ = collector.wait_for(by_pid(pid, "exit"), what="the exit by SIGSEGV")[0]
+    assert exit_["exit"]["signal"] == signal.SIGSEGV
+
+
+def test_killed_by_another_process(collector):
+    victim = subprocess.Popen(["sleep", "30"])
+    killer = subprocess.run(["kill", "-KILL", str(victim.pid)])
+    assert killer.returncode == 0
+    victim.wait(10)
+    sig = collector.wait_for(by_pid(victim.pid, "signal"), what="the SIGKILL event")[0]
+    assert sig["signal"]["signal_name"] == "SIGKILL"
+    assert sig["signal"]["sender_comm"] == "kill"
+    exit_ = collector.wait_for(by_pid(victim.pid, "exit"), what="the exit by SIGKILL")[0]
+    assert exit_["exit"]["signal"] == signal.SIGKILL
+
+
+def _closed_port(family, host):
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]   # bound, never listening, then closed: connects are refused
+
+
+@pytest.mark.parametrize("family,host,fam", [(socket.AF_INET, "127.0.0.1", "ipv4"),
+                                             (socket.AF_INET6, "::1", "ipv6")])
+def test_connect_refused(collector, family, host, fam):
+    port = _closed_port(family, host)
+    with socket.socket(family) as s:
+        with pytest.raises(ConnectionRefusedError):
+            s.connect((host, port))
+    event = collector.wait_for(lambda e: e["type"] == "tcp_connect" and e["pid"] == os.getpid()
+                               and e["tcp_connect"]["dport"] == port, what="the refused connect")[0]
+    tcp = event["tcp_connect"]
+    assert tcp["result"] == "refused"
+    assert tcp["error"] == 111
+    assert tcp["family"] == fam
+    assert tcp["daddr"] == host
+
+
+def test_connect_accept_close_with_byte_counts(collector):
+    payload = 10_000
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    received = []
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            total = 0
+            while total < payload:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                total += len(chunk)
+            received.append(total)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    # the client is a child process, so connect and accept come from different pids
+    client = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import socket
+        s = socket.create_connection(("127.0.0.1", {port}))
+        s.sendall(b"x" * {payload})
+        s.shutdown(socket.SHUT_WR)
+        s.recv(1)
+        s.close()
+    """)], timeout=30)
+    t.join(10)
+    server.close()
+    assert client.returncode == 0 and received == [payload]
+
+    me = os.getpid()
+    connect = collector.wait_for(lambda e: e["type"] == "tcp_connect" and e["tcp_connect"]["dport"] == port,
+                                 what="the connect")[0]
+    assert connect["pid"] != me and connect["tcp_connect"]["result"] == "ok"
+    client_port = connect["tcp_connect"]["sport"]
+    accept = collector.wait_for(lambda e: e["type"] == "tcp_accept" and e["tcp_accept"]["sport"] == port,
+                                what="the accept")[0]
+    assert accept["pid"] == me
+    assert accept["tcp_accept"]["dport"] == client_port
+    assert accept["tcp_accept"]["passive"] is True
+    closes = collector.wait_for(
+        lambda e: e["type"] == "tcp_close" and {e["tcp_close"]["sport"], e["tcp_close"]["dport"]} == {port, client_port},
+        what="both closes")
+    wait_until(lambda: len([e for e in collector.events() if e["type"] == "tcp_close"
+                            and {e["tcp_close"]["sport"], e["tcp_close"]["dport"]} == {port, client_port}]) >= 2,
+               what="the second close")
+    closes = [e for e in collector.events() if e["type"] == "tcp_close"
+              and {e["tcp_close"]["sport"], e["tcp_close"]["dport"]} == {port, client_port}]
+    client_close = next(e for e in closes if e["pid"] == connect["pid"])
+    server_close = next(e for e in closes if e["pid"] == me)
+    assert client_close["tcp_close"]["bytes_sent"] >= payload
+    assert server_close["tcp_close"]["bytes_received"] >= payload
+    assert server_close["tcp_close"]["passive"] is True
+    assert client_close["tcp_close"]["duration_ns"] > 0
+
+
+@pytest.fixture
+def memory_cgroup():
+    path = f"/sys/fs/cgroup/memory/tapio-test-{uuid.uuid4().hex[:8]}"
+    if not os.path.isdir("/sys/fs/cgroup/memory"):
+        pytest.fail("no cgroup v1 memory controller at /sys/fs/cgroup/memory")
+    os.mkdir(path)
+    with open(f"{path}/memory.limit_in_bytes", "w") as f:
+        f.write(str(32 << 20))
+    try:
+        yield path
+    finally:
+        wait_until(lambda: not open(f"{path}/cgroup.procs").read().strip(), 10,
+                   what="the memory cgroup to empty")
+        os.rmdir(path)
+
+
+def test_oom_kill(collector, memory_cgroup):
+    # the shell moves itself into the limited cgroup, then becomes the process that runs out
+    child = subprocess.run(["sh", "-c", f'echo $$ > {memory_cgroup}/cgroup.procs && exec "$0" -c '
+                            '"b = bytearray(256 << 20)"', sys.executable], timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    name = os.path.basename(memory_cgroup)
+    oom = collector.wait_for(lambda e: e["type"] == "oom_kill" and e["oom_kill"]["memcg_name"] == name,
+                             what="the OOM kill")[0]
+    details = oom["oom_kill"]
+    assert details["memcg_limit_bytes"] == 32 << 20
+    assert details["rss_bytes"] > 0
+    assert oom["comm"].startswith("python")
+    exit_ = collector.wait_for(by_pid(oom["pid"], "exit"), what="the OOM victim's exit")[0]
+    assert exit_["exit"]["signal"] == signal.SIGKILL
+
+
+def test_collector_never_reports_itself(collector):
+    # the collector has been writing events all along; none of them may be its own
+    pid = collector.proc.pid
+    subprocess.run(["true"])
+    collector.wait_for(lambda e: e["type"] == "exec" and e["comm"] == "true", what="an exec of true")
+    assert not [e for e in collector.events() if e["pid"] == pid]
+
+
+def test_tiny_ring_buffer_counts_kernel_drops(ebpf, tmp_path):
+    proc = CollectorProcess(tmp_path / "events.jsonl", ["--ring-buffer-size", "4096", "--events", "exec,exit"])
+    try:
+        proc.wait_attached()
+        subprocess.run(["sh", "-c", "for i in $(seq 3000); do /bin/true; done"], timeout=120)
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.log()
+    summary = [line for line in proc.log().splitlines() if "dropped in the kernel" in line][-1]
+    seen, dropped = [int(w) for w in summary.split() if w.isdigit()][:2]
+    assert dropped > 0, summary
+    assert seen > 0 and seen == len(proc.events())
+
+
+def test_without_capabilities_exits_2_with_a_hint(ebpf, tmp_path):
+    # root, but with an empty capability bounding set: what an unprivileged container gets
+    result = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--",
+                             os.path.join(BIN, "tapio-collector"), "--enable-ebpf", "--output", "-"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "needs root or CAP_BPF+CAP_PERFMON" in result.stderr
+    assert "Traceback" not in result.stderr
