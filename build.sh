@@ -113,9 +113,21 @@ cmd_run() {
     exec "$ROOT/scripts/run-local.sh" "$@"
 }
 
+# An independent gRPC implementation for the interop tests (npm's @grpc/grpc-js).
+interop_deps() {
+    command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+    local dir=tests/interop
+    if [ ! -d "$dir/node_modules/@grpc/grpc-js" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+        log "installing the grpc-js interop client (npm)"
+        npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
+        touch "$dir/node_modules"
+    fi
+}
+
 cmd_test() {
     cmd_build
     apt_install "${APT_TEST[@]}"
+    interop_deps
     "$VENV/bin/pytest" -q "$@"
 }
 

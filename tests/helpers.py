@@ -109,3 +109,34 @@ class CollectorProcess(ManagedProcess):
     def wait_for(self, predicate, timeout=15.0, what="an event"):
         """The events matching `predicate`, once at least one has arrived."""
         return wait_until(lambda: [e for e in self.events() if predicate(e)], timeout, what=what)
+
+
+class ServerProcess(ManagedProcess):
+    """`tapio-server --host 127.0.0.1 --grpc-port PORT --events-out FILE [flags]`."""
+
+    def __init__(self, tmp_path, flags=(), port=None, env=None, name="server"):
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.events_out = tmp_path / f"{name}-events.jsonl"
+        argv = [os.path.join(BIN, "tapio-server"), "--host", "127.0.0.1", "--grpc-port", str(self.port),
+                "--events-out", str(self.events_out), *flags]
+        super().__init__(argv, str(tmp_path / f"{name}.log"), env)
+
+    def wait_listening(self):
+        self.wait_log("Tapio server listening")
+        return self
+
+    def events(self):
+        return read_json_lines(self.events_out)
+
+    def wait_for(self, predicate, timeout=20.0, what="an event at the server"):
+        return wait_until(lambda: [e for e in self.events() if predicate(e)], timeout, what=what)
+
+
+class StreamingCollector(ManagedProcess):
+    """`tapio-collector --server ADDRESS --enable-ebpf [flags]`."""
+
+    def __init__(self, tmp_path, servers, flags=(), env=None, name="collector"):
+        argv = [os.path.join(BIN, "tapio-collector"), "--enable-ebpf", "--server", servers,
+                "--flush-interval", "50ms", "--metrics-interval", "0", *flags]
+        super().__init__(argv, str(tmp_path / f"{name}.log"), env)

@@ -14,7 +14,8 @@ cdef struct arena_t:
     # reference points into a bytes object owned by an enrichment cache, which keeps it alive
     # until the arena is encoded and reset (the processor does both without yielding between).
     char *slots
-    uint32_t capacity
+    uint32_t capacity       # slots allocated
+    uint32_t limit          # slots in use before the arena reports full (<= capacity)
     uint32_t count
     uint64_t malformed      # records refused for a bad size or type
     uint32_t *repeat
@@ -27,7 +28,7 @@ cdef struct arena_t:
 # arena_push() results
 cdef enum:
     PUSH_OK = 0
-    PUSH_FULL = 1        # stored, and the arena is now full
+    PUSH_FULL = 1        # stored, and the arena is now full (count == limit)
     PUSH_MALFORMED = 2   # not stored: counted in `malformed`
 
 
@@ -72,7 +73,7 @@ cdef inline int arena_push(arena_t *a, const void *data, size_t size) noexcept n
     a.proc_ptr[i] = NULL
     a.proc_len[i] = 0
     a.count = i + 1
-    return PUSH_FULL if a.count == a.capacity else PUSH_OK
+    return PUSH_FULL if a.count >= a.limit else PUSH_OK
 
 
 cdef class EventArena:

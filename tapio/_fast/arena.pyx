@@ -13,6 +13,7 @@ cdef class EventArena:
         if capacity == 0:
             raise ValueError("an event arena needs a capacity of at least 1 slot")
         self.c.capacity = capacity
+        self.c.limit = capacity
         self.c.slots = <char *>PyMem_Calloc(capacity, sizeof(tapio_event))
         self.c.repeat = <uint32_t *>PyMem_Calloc(capacity, sizeof(uint32_t))
         self.c.ctx_ptr = <const char **>PyMem_Calloc(capacity, sizeof(char *))
@@ -44,8 +45,19 @@ cdef class EventArena:
         return self.c.malformed
 
     @property
+    def limit(self):
+        """How many events make the arena full (at most its capacity)."""
+        return self.c.limit
+
+    @limit.setter
+    def limit(self, uint32_t n):
+        if n == 0 or n > self.c.capacity:
+            raise ValueError(f"an arena limit must be between 1 and its capacity ({self.c.capacity})")
+        self.c.limit = n
+
+    @property
     def full(self):
-        return self.c.count == self.c.capacity
+        return self.c.count >= self.c.limit
 
     def clear(self):
         """Forget the events; every push overwrites its slot, so nothing is zeroed."""
@@ -54,7 +66,7 @@ cdef class EventArena:
     def push_bytes(self, const unsigned char[::1] record not None):
         """Append one record in kernel layout (tests, synthetic sources). False when the arena is
         full or the record is malformed (and counted)."""
-        if self.c.count == self.c.capacity:
+        if self.c.count >= self.c.limit:
             return False
         return arena_push(&self.c, &record[0], record.shape[0]) != PUSH_MALFORMED
 

@@ -354,7 +354,7 @@ cdef class KernelProbes:
         cdef int err
         cdef uint32_t before = arena.c.count
         self._check_open()
-        if arena.c.count == arena.c.capacity:
+        if arena.c.count >= arena.c.limit:
             return 0
         self.target = &arena.c
         with nogil:

@@ -1,15 +1,17 @@
-"""The collector process: one trio.run owns the probes, the pump, the sink and signal handling."""
+"""The collector process: one trio.run owns the probes, the pump, the connection manager, the
+metrics log and signal handling."""
 import logging
 import signal
 import sys
 
 import trio
 
+from tapio import __version__
 from tapio._fast.codec import BatchEncoder
 from tapio.collector.clock import boot_to_wall_ns
 from tapio.collector.ebpf_source import EbpfSource
-from tapio.collector.output import JsonLinesSink
 from tapio.collector.pump import Pump
+from tapio.v1 import stream_pb2
 
 log = logging.getLogger("tapio.collector")
 
@@ -19,27 +21,74 @@ def run(args):
     return trio.run(_main, args)
 
 
+def _hello(args, event_types, last_acked=0):
+    return stream_pb2.TapioStreamEventsRequest(hello=stream_pb2.Hello(
+        collector_id=args.collector_id, node_name=args.node_name, version=__version__,
+        event_types=sorted(event_types), last_acked_batch_id=last_acked)).SerializeToString()
+
+
+def _make_sink(args, event_types):
+    if args.output:
+        from tapio.collector.output import JsonLinesSink
+        return JsonLinesSink(args.output)
+    from tapio.collector.backoff import Backoff
+    from tapio.collector.channel import ChannelFactory
+    from tapio.collector.connection import ConnectionManager
+    from tapio.collector.delivery import DeliveryBuffer
+    from tapio.collector.grpc_transport import GrpcTransport
+    channels = ChannelFactory(compression=args.compression)
+    return ConnectionManager(
+        servers=args.server, transport=GrpcTransport(channels, args.connect_timeout),
+        buffer=DeliveryBuffer(args.max_memory, args.overflow),
+        hello=lambda: _hello(args, event_types),
+        backoff=Backoff(args.backoff_initial, args.backoff_max, args.backoff_multiplier))
+
+
 async def _main(args):
     source = await EbpfSource.start(args.events, args.ring_buffer_size)
-    sink = JsonLinesSink(args.output)
+    sink = _make_sink(args, source.event_types)
     encoder = BatchEncoder(args.collector_id, args.node_name, boot_to_wall_ns())
     pump = Pump(source, sink, encoder, args.batch_size, args.flush_interval)
+    streaming = hasattr(sink, "run")
+    if streaming:
+        sink.on_configure = pump.configure
+        log.info("eBPF collector enabled with gRPC connection to %s", ",".join(args.server))
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, pump, nursery.cancel_scope)
+            nursery.start_soon(_log_metrics, pump, sink, args.metrics_interval)
+            if streaming:
+                nursery.start_soon(sink.run)
             await pump.run()
+            source.close()      # detached: nothing new is read while the acks come in
+            if streaming and not await sink.wait_acked(args.shutdown_timeout):
+                log.warning("%d batches were not acked within %gs", len(sink.buffer), args.shutdown_timeout)
             nursery.cancel_scope.cancel()
     finally:
         source.close()
-        sink.close()
+        if not streaming:
+            sink.close()
     stats = pump.stats
-    print(f"tapio-collector: {stats.events} events seen, {stats.kernel_drops} dropped in the kernel",
-          file=sys.stderr)
+    print(f"tapio-collector: {stats.events} events seen, {stats.kernel_drops} dropped in the kernel"
+          + (f", {sink.stats.events_sent} delivered, {sink.buffer.dropped_events} dropped from the "
+             f"send buffer" if streaming else ""), file=sys.stderr)
     return 0
 
 
+async def _log_metrics(pump, sink, interval):
+    if not interval:
+        return
+    logged = 0
+    while True:
+        await trio.sleep(interval)
+        if pump.stats.events != logged:
+            logged = pump.stats.events
+            log.info("Processed %d events, latest: %s", logged, pump.stats.last_event_id)
+
+
 async def _stop_on_signals(pump, scope):
-    """First SIGINT/SIGTERM: stop reading the kernel, flush, exit. A second SIGINT: exit now."""
+    """First SIGINT/SIGTERM: stop reading the kernel, flush, wait for acks, exit.
+    A second SIGINT: exit now."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             if pump.stopping:

@@ -1,4 +1,5 @@
 """tapio-collector: kernel events from eBPF, to JSON lines (--output) or a Tapio server (--server)."""
+import argparse
 import errno
 import logging
 import os
@@ -30,11 +31,21 @@ def parse_events(text):
         if part == "all":
             return sorted({n for group in EVENT_GROUPS.values() for n in group})
         if part not in EVENT_GROUPS:
-            import argparse
             raise argparse.ArgumentTypeError(
                 f"unknown event type {part!r}: choose from all, {', '.join(EVENT_GROUPS)}")
         names.extend(n for n in EVENT_GROUPS[part] if n not in names)
     return names
+
+
+def parse_servers(text):
+    servers = [s.strip() for s in str(text).split(",") if s.strip()]
+    for server in servers:
+        host, sep, port_text = server.rpartition(":")
+        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise argparse.ArgumentTypeError(f"{server!r} is not HOST:PORT")
+    if not servers:
+        raise argparse.ArgumentTypeError("no server given")
+    return servers
 
 
 def build_parser():
@@ -49,7 +60,8 @@ examples:
     p.add_argument("--version", action="version", version=f"tapio-collector {__version__}")
     p.switch("--enable-ebpf", help="collect kernel events with eBPF (needs root or CAP_BPF+CAP_PERFMON)")
     p.flag("--output", metavar="PATH", help="write every event as a JSON line to PATH ('-' for stdout)")
-    p.flag("--server", metavar="HOST:PORT[,HOST:PORT...]", help="Tapio server(s) to stream to")
+    p.flag("--server", type=parse_servers, metavar="HOST:PORT[,HOST:PORT...]",
+           help="Tapio server(s) to stream to; later ones are failovers, in order")
     p.flag("--events", type=parse_events, default="all", metavar="TYPES",
            help="event types: all or a list of exec,exit,tcp,tcp_connect,tcp_accept,tcp_close,oom,signal")
     p.flag("--ring-buffer-size", type=parse_size, default="8MiB", metavar="SIZE",
@@ -58,6 +70,23 @@ examples:
            help="most events per batch")
     p.flag("--flush-interval", type=non_negative(parse_duration), default="100ms", metavar="DURATION",
            help="longest time an event waits for its batch while one is in flight")
+    p.flag("--max-memory", type=positive(parse_size), default="64MiB", metavar="SIZE",
+           help="bound of the unacked-batch buffer")
+    p.flag("--overflow", type=choice("drop-oldest", "drop-newest"), default="drop-oldest",
+           help="what goes when the buffer is full")
+    p.flag("--compression", type=choice("none", "gzip"), default="none", help="gRPC compression")
+    p.flag("--connect-timeout", type=positive(parse_duration), default="5s", metavar="DURATION",
+           help="longest wait for one connection attempt")
+    p.flag("--backoff-initial", type=positive(parse_duration), default="250ms", metavar="DURATION",
+           help="first reconnect backoff ceiling")
+    p.flag("--backoff-max", type=positive(parse_duration), default="30s", metavar="DURATION",
+           help="highest reconnect backoff ceiling")
+    p.flag("--backoff-multiplier", type=positive(float), default=2.0, metavar="X",
+           help="backoff ceiling growth per failed round")
+    p.flag("--shutdown-timeout", type=non_negative(parse_duration), default="10s", metavar="DURATION",
+           help="on SIGTERM, how long to wait for the server's acks")
+    p.flag("--metrics-interval", type=non_negative(parse_duration), default="30s", metavar="DURATION",
+           help="how often to log statistics (0: never)")
     p.flag("--collector-id", metavar="ID", help="this collector's id (default: <node-name>-collector)")
     p.flag("--node-name", metavar="NAME", help="node name on every batch (default: $NODE_NAME or the hostname)")
     p.flag("--log-format", type=choice("text", "json"), default="text", help="log format")

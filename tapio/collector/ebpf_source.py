@@ -54,6 +54,7 @@ class EbpfSource:
         return delta
 
     def close(self):
+        """Detach the probes. Idempotent."""
         if self._fd >= 0:
             trio.lowlevel.notify_closing(self._fd)
             self._fd = -1

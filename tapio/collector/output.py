@@ -15,7 +15,10 @@ class JsonLinesSink:
     def idle(self):
         return True     # writing is synchronous: nothing is ever in flight
 
-    async def submit(self, data, count):
+    def take_buffer_drops(self):
+        return 0        # nothing is buffered
+
+    async def submit(self, batch_id, data, count):
         self._file.write(DecodedBatch.parse(data).to_json_lines())
         self._file.flush()
 

@@ -6,6 +6,7 @@ size or the flush interval (high throughput at high load). All per-event work ha
 (ring-buffer copy, processing, encoding); this loop runs once per wake-up, not per event.
 """
 import logging
+import time
 
 import trio
 
@@ -24,7 +25,8 @@ class PumpStats:
 
 
 class Pump:
-    def __init__(self, source, sink, encoder, batch_size, flush_interval, idle_poll=1.0):
+    def __init__(self, source, sink, encoder, batch_size, flush_interval, first_batch_id=None,
+                 idle_poll=1.0):
         self.source = source
         self.sink = sink
         self.encoder = encoder
@@ -32,7 +34,9 @@ class Pump:
         self.flush_interval = flush_interval
         self.idle_poll = idle_poll
         self.stats = PumpStats()
-        self._batch_id = 0
+        # Batch ids start from the wall clock in microseconds, so that a restarted collector
+        # never reuses an id the server has seen (the server drops ids it has seen as duplicates).
+        self._batch_id = (time.time_ns() // 1000 if first_batch_id is None else first_batch_id) - 1
         self._stopping = False
         self._wait_scope = None
 
@@ -73,6 +77,14 @@ class Pump:
             if not moved:
                 return
 
+    def configure(self, batch_size=None, flush_interval=None):
+        """Apply a server's StreamControl CONFIGURE (bounded by the arena's capacity)."""
+        if batch_size:
+            self.arena.limit = max(1, min(batch_size, self.arena.capacity))
+        if flush_interval is not None:
+            self.flush_interval = flush_interval
+        log.info("Batching set to %d events / %gs", self.arena.limit, self.flush_interval)
+
     async def _flush(self):
         n = len(self.arena)
         self._batch_id += 1
@@ -80,8 +92,9 @@ class Pump:
         drops = self.source.kernel_drops_since_last()
         self.stats.kernel_drops += drops
         self.encoder.boot_to_wall_ns = boot_to_wall_ns()
-        data = self.encoder.encode(self.arena, self._batch_id, first_seq, kernel_drops=drops)
+        data = self.encoder.encode(self.arena, self._batch_id, first_seq, kernel_drops=drops,
+                                   buffer_drops=self.sink.take_buffer_drops())
         self.arena.clear()
         self.stats.batches += 1
         self.stats.last_event_id = f"ebpf-{first_seq + n - 1}"
-        await self.sink.submit(data, n)
+        await self.sink.submit(self._batch_id, data, n)

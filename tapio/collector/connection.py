@@ -1,0 +1,232 @@
+"""The connection manager: connecting -> streaming -> backing off -> (next server) ..., in trio.
+
+It is also the pump's sink: every batch goes into the delivery buffer first, and is sent when a
+stream is up and the server has not paused us. Acks take batches out of the buffer; a stream
+that ends leaves its unacked batches to be sent again, in order, on the next one.
+
+The transport (real: grpc_transport.GrpcTransport) is injected, so the state machine's timing
+(backoff, failover order, pause/resume) is tested on trio's fake clock.
+"""
+import logging
+import math
+import time
+
+import trio
+
+from tapio.collector.backoff import Backoff
+from tapio.collector.grpc_transport import ConnectError, StreamEnded
+from tapio.v1 import stream_pb2
+
+log = logging.getLogger("tapio.collector")
+
+_Response = stream_pb2.TapioStreamEventsResponse
+_Ack = stream_pb2.EventAck
+_Control = stream_pb2.StreamControl
+
+CONNECTING, STREAMING, BACKING_OFF, STOPPED = "connecting", "streaming", "backing off", "stopped"
+
+
+class DeliveryStats:
+    """The original's GetStatistics(), and more."""
+
+    def __init__(self):
+        self.connected = False
+        self.state = CONNECTING
+        self.server = None
+        self.events_sent = 0             # acked by a server
+        self.batches_sent = 0
+        self.batches_acked = 0
+        self.duplicates_acked = 0        # batches a server already had
+        self.reconnects = 0
+        self.last_sent = None            # wall time of the latest send
+        self.last_ack = None
+        self.paused = False
+        self.send_latency = LatencyWindow()
+
+    def as_dict(self, buffer):
+        return {
+            "connected": self.connected, "state": self.state, "server": self.server,
+            "events_sent": self.events_sent, "batches_sent": self.batches_sent,
+            "batches_acked": self.batches_acked, "reconnects": self.reconnects,
+            "last_sent": self.last_sent, "paused": self.paused,
+            "buffer_bytes": buffer.bytes, "buffer_batches": len(buffer),
+            "events_dropped_buffer": buffer.dropped_events,
+            "send_latency_ms": self.send_latency.summary_ms(),
+        }
+
+
+class LatencyWindow:
+    """Send -> ack latencies of the latest acks (bounded), for p50/p99."""
+
+    def __init__(self, size=1024):
+        self.samples = []
+        self.size = size
+        self.total = 0
+        self.sum = 0.0
+
+    def add(self, seconds):
+        self.total += 1
+        self.sum += seconds
+        if len(self.samples) >= self.size:
+            self.samples.pop(0)
+        self.samples.append(seconds)
+
+    def summary_ms(self):
+        if not self.samples:
+            return {"p50": None, "p99": None}
+        s = sorted(self.samples)
+        pick = lambda q: round(s[min(len(s) - 1, math.ceil(q * len(s)) - 1)] * 1000, 3)  # noqa: E731
+        return {"p50": pick(0.50), "p99": pick(0.99)}
+
+
+class ConnectionManager:
+    def __init__(self, servers, transport, buffer, hello, backoff=None, probe_interval=5.0):
+        if not servers:
+            raise ValueError("at least one server is needed")
+        self.servers = list(servers)
+        self.transport = transport
+        self.buffer = buffer
+        self.hello = hello                    # () -> bytes of the Hello request
+        self.backoff = backoff or Backoff()
+        self.probe_interval = probe_interval
+        self.stats = DeliveryStats()
+        self.on_configure = None              # (max_batch_size, flush_interval_s) -> None
+        self._wake = trio.Event()
+        self._stream = None
+        self._closing = False
+
+    # -- the pump's sink ---------------------------------------------------------------------
+    def idle(self):
+        """Nothing unacked: a new batch may go out at once (low latency at low load)."""
+        return len(self.buffer) == 0
+
+    async def submit(self, batch_id, data, events):
+        self.buffer.add(batch_id, data, events)
+        self._wake.set()
+
+    def take_buffer_drops(self):
+        return self.buffer.take_dropped_since_batch()
+
+    # -- the state machine -------------------------------------------------------------------
+    def _enter(self, state, server=None):
+        if state != self.stats.state or server != self.stats.server:
+            where = f" {server}" if server else ""
+            log.info("Connection state: %s%s", state, where)
+        self.stats.state = state
+        self.stats.server = server
+
+    async def run(self):
+        """Forever (until cancelled): keep a stream to the first reachable server."""
+        index = 0
+        while True:
+            server = self.servers[index]
+            self._enter(CONNECTING, server)
+            try:
+                stream = await self.transport.open(server, self.hello())
+            except (ConnectError, StreamEnded) as e:
+                log.warning("Failed to connect to %s: %s", server, e)
+                index = (index + 1) % len(self.servers)
+                if index == 0:
+                    # every server failed once: wait before the next round
+                    wait = self.backoff.next()
+                    self._enter(BACKING_OFF)
+                    await trio.sleep(wait)
+                continue
+            self.backoff.reset()
+            try:
+                index = await self._stream_until_it_ends(stream, server, index)
+            finally:
+                stream.close()
+                self._stream = None
+                self.stats.connected = False
+                self.stats.paused = False
+                self.buffer.forget_sends()
+            self.stats.reconnects += 1
+
+    async def _stream_until_it_ends(self, stream, server, index):
+        """Returns the index of the server to connect to next."""
+        self._stream = stream
+        self.stats.connected = True
+        self._enter(STREAMING, server)
+        log.info("Connected to Tapio server at %s", server)
+        self._wake.set()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.read_responses)
+            nursery.start_soon(self._send_loop, stream)
+            if index > 0:
+                nursery.start_soon(self._probe_first_server, nursery.cancel_scope)
+            try:
+                while True:
+                    self._on_response(await stream.receive())
+            except StreamEnded as e:
+                log.warning("Stream receive error: %s", e)
+                nursery.cancel_scope.cancel()
+                return index
+        # the probe found the first server back: leave this one for it
+        log.info("First server %s is back: switching to it", self.servers[0])
+        return 0
+
+    async def _send_loop(self, stream):
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            if self.stats.paused:
+                continue
+            for pending in self.buffer.unsent():
+                stream.send(pending.data)
+                pending.sent_at = time.monotonic()
+                self.stats.batches_sent += 1
+                self.stats.last_sent = time.time()
+
+    async def _probe_first_server(self, scope):
+        while True:
+            await trio.sleep(self.probe_interval)
+            if await self.transport.probe(self.servers[0]):
+                scope.cancel()
+                return
+
+    def _on_response(self, raw):
+        response = _Response.FromString(raw)
+        kind = response.WhichOneof("response")
+        if kind == "ack":
+            self._on_ack(response.ack)
+        elif kind == "control":
+            self._on_control(response.control)
+        elif kind == "error":
+            log.warning("Server error %d: %s", response.error.code, response.error.message)
+
+    def _on_ack(self, ack):
+        pending = self.buffer.ack(ack.batch_id)
+        self.stats.last_ack = time.time()
+        if pending is None:
+            return          # dropped by the overflow policy meanwhile, or acked before
+        self.stats.batches_acked += 1
+        if ack.status == _Ack.STATUS_DUPLICATE:
+            self.stats.duplicates_acked += 1
+        else:
+            self.stats.events_sent += pending.events
+        if pending.sent_at is not None:
+            self.stats.send_latency.add(time.monotonic() - pending.sent_at)
+
+    def _on_control(self, control):
+        action = control.action
+        if action == _Control.ACTION_PAUSE:
+            if not self.stats.paused:
+                log.info("Server asked to pause sending: %s", control.reason or "no reason given")
+            self.stats.paused = True
+        elif action == _Control.ACTION_RESUME:
+            if self.stats.paused:
+                log.info("Server asked to resume sending")
+            self.stats.paused = False
+            self._wake.set()
+        elif action == _Control.ACTION_CONFIGURE:
+            if self.on_configure is not None:
+                interval = control.flush_interval_ms / 1000 if control.flush_interval_ms else None
+                self.on_configure(control.max_batch_size or None, interval)
+
+    async def wait_acked(self, timeout):
+        """On shutdown: wait (bounded) until every batch is acked; True when all were."""
+        with trio.move_on_after(timeout):
+            while len(self.buffer):
+                await trio.sleep(0.01)
+        return len(self.buffer) == 0

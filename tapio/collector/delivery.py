@@ -1,0 +1,90 @@
+"""The unacked-batch buffer: every batch stays here, in order, until the server acks it.
+
+Bounded in bytes (--max-memory). When a new batch does not fit, the overflow policy decides:
+drop-oldest (the default: recent events matter most) or drop-newest; every dropped event is
+counted. After a reconnect everything still here is sent again, in order; the server drops the
+duplicates by batch id, so the server counts each batch once.
+"""
+import collections
+import time
+
+
+class Pending:
+    __slots__ = ("batch_id", "data", "events", "sent_at")
+
+    def __init__(self, batch_id, data, events):
+        self.batch_id = batch_id
+        self.data = data
+        self.events = events
+        self.sent_at = None          # monotonic time of the latest send, None when not sent yet
+
+
+class DeliveryBuffer:
+    def __init__(self, max_bytes, overflow="drop-oldest"):
+        if overflow not in ("drop-oldest", "drop-newest"):
+            raise ValueError(f"unknown overflow policy {overflow!r}")
+        self.max_bytes = max_bytes
+        self.overflow = overflow
+        self._pending = collections.OrderedDict()   # batch_id -> Pending, in send order
+        self.bytes = 0
+        self.dropped_events = 0
+        self.dropped_batches = 0
+        self._dropped_since_batch = 0
+
+    def __len__(self):
+        return len(self._pending)
+
+    def add(self, batch_id, data, events):
+        """Keep a new batch. Returns it, or None when the policy dropped it."""
+        size = len(data)
+        if self.overflow == "drop-newest" and self.bytes + size > self.max_bytes:
+            self._drop(events)
+            return None
+        while self._pending and self.bytes + size > self.max_bytes:
+            _, oldest = self._pending.popitem(last=False)
+            self.bytes -= len(oldest.data)
+            self._drop(oldest.events)
+        if size > self.max_bytes:
+            self._drop(events)
+            return None
+        item = self._pending[batch_id] = Pending(batch_id, data, events)
+        self.bytes += size
+        return item
+
+    def _drop(self, events):
+        self.dropped_events += events
+        self.dropped_batches += 1
+        self._dropped_since_batch += events
+
+    def ack(self, batch_id):
+        """Forget an acked batch; returns it (None when it was dropped or acked before)."""
+        item = self._pending.pop(batch_id, None)
+        if item is not None:
+            self.bytes -= len(item.data)
+        return item
+
+    def unsent(self):
+        """Batches not sent on the current stream, oldest first."""
+        return [p for p in self._pending.values() if p.sent_at is None]
+
+    def forget_sends(self):
+        """A stream ended: everything unacked must be sent again on the next one."""
+        for p in self._pending.values():
+            p.sent_at = None
+
+    def in_flight(self):
+        return sum(1 for p in self._pending.values() if p.sent_at is not None)
+
+    def oldest_age(self, now=None):
+        if not self._pending:
+            return 0.0
+        first = next(iter(self._pending.values()))
+        return ((now or time.monotonic()) - first.sent_at) if first.sent_at else 0.0
+
+    def take_dropped_since_batch(self):
+        """Events dropped here since the previous call: what the next batch reports."""
+        n, self._dropped_since_batch = self._dropped_since_batch, 0
+        return n
+
+    def items(self):
+        return list(self._pending.values())

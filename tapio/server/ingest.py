@@ -1,0 +1,217 @@
+"""Where decoded batches go: one engine thread takes them from a bounded queue, in order.
+
+For each batch it drops duplicates (by collector id and batch id), counts, appends to the
+--events-out archive, hands the batch to the consumers (the correlation engine), and only then
+acks it: an acked batch is one the server has processed, so a collector may forget it.
+
+Backpressure: when the queue is above its high-water mark the stream that filled it is told to
+PAUSE; below the low-water mark, every paused stream is told to RESUME. A collector that ignores
+PAUSE is held back by the full queue (its stream handler blocks, and gRPC flow control does the
+rest).
+"""
+import logging
+import queue
+import threading
+import time
+
+from tapio.v1 import stream_pb2
+
+log = logging.getLogger("tapio.server")
+
+_Ack = stream_pb2.EventAck
+_Control = stream_pb2.StreamControl
+_Response = stream_pb2.TapioStreamEventsResponse
+
+
+def ack_bytes(batch_id, status, accepted=0, message=""):
+    return _Response(ack=_Ack(batch_id=batch_id, status=status, events_accepted=accepted,
+                              message=message)).SerializeToString()
+
+
+def control_bytes(action, reason="", **fields):
+    return _Response(control=_Control(action=action, reason=reason, **fields)).SerializeToString()
+
+
+class CollectorState:
+    """What the server knows about one collector, across its reconnects."""
+
+    def __init__(self, collector_id):
+        self.collector_id = collector_id
+        self.node_name = ""
+        self.version = ""
+        self.peer = ""
+        self.streams = 0                # open streams (normally 0 or 1)
+        self.connections = 0            # streams opened over time
+        self.connected_since = None
+        self.last_batch_id = 0          # highest accepted: lower or equal ids are duplicates
+        self.batches = 0
+        self.duplicates = 0
+        self.events = 0
+        self.events_by_type = {}
+        self.kernel_drops = 0
+        self.processor_drops = 0
+        self.buffer_drops = 0
+        self.last_event_id = None
+        self.last_seen = None
+
+    @property
+    def connected(self):
+        return self.streams > 0
+
+
+class StreamSession:
+    """One open StreamEvents call: where its responses go, and whether it is paused."""
+
+    END = object()
+
+    def __init__(self, peer):
+        self.peer = peer
+        self.collector = None
+        self.out = queue.SimpleQueue()     # response bytes, or END, or an (code, message) abort
+        self.paused = False
+
+
+class Ingest:
+    def __init__(self, events_out=None, queue_batches=256, batch_delay=0.0, log_every=1000):
+        self._lock = threading.Lock()          # guards collectors and counters read by others
+        self.collectors = {}
+        self.events = 0
+        self.batches = 0
+        self.duplicates = 0
+        self.decode_errors = 0
+        self.pauses = 0
+        self.consumers = []                     # callables(batch, collector_state), engine thread
+        self.batch_delay = batch_delay          # test/demo knob: a deliberately slow server
+        self._queue = queue.Queue(maxsize=queue_batches)
+        self._high = max(1, queue_batches * 3 // 4)
+        self._low = queue_batches // 4
+        self._paused = set()
+        self._events_out = open(events_out, "ab") if events_out else None
+        self._log_every = log_every
+        self._logged_at = 0
+        self._thread = threading.Thread(target=self._engine, name="ingest", daemon=True)
+        self._thread.start()
+
+    # -- called from stream handler threads ---------------------------------------------------
+    def hello(self, session, collector_id, node_name, version):
+        with self._lock:
+            state = self.collectors.get(collector_id)
+            if state is None:
+                state = self.collectors[collector_id] = CollectorState(collector_id)
+            state.node_name = node_name or state.node_name
+            state.version = version or state.version
+            state.peer = session.peer
+            state.streams += 1
+            state.connections += 1
+            state.connected_since = time.time()
+        session.collector = state
+        log.info("Collector %s connected from %s", collector_id, session.peer)
+
+    def goodbye(self, session, reason):
+        if session.collector is None:
+            return
+        with self._lock:
+            session.collector.streams -= 1
+            self._paused.discard(session)
+        log.info("Collector %s disconnected: %s", session.collector.collector_id, reason)
+
+    def submit(self, session, batch):
+        """Queue a decoded batch (blocks while the queue is full). Its ack follows on session.out."""
+        self._queue.put((session, batch))
+        if self._queue.qsize() >= self._high and not session.paused:
+            with self._lock:
+                session.paused = True
+                self._paused.add(session)
+                self.pauses += 1
+            session.out.put(control_bytes(_Control.ACTION_PAUSE, "server ingest queue is full"))
+
+    def finish(self, session):
+        """The stream's requests ended: END follows its last ack, in order."""
+        self._queue.put((session, None))
+
+    def decode_failed(self):
+        with self._lock:
+            self.decode_errors += 1
+
+    def backlog(self):
+        return self._queue.qsize()
+
+    def wait_idle(self, timeout):
+        """Until every queued batch is processed (bounded); True when they all were."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._queue.unfinished_tasks == 0:
+                return True
+            time.sleep(0.01)
+        return False
+
+    # -- the engine thread ---------------------------------------------------------------------
+    def _engine(self):
+        while True:
+            session, batch = self._queue.get()
+            try:
+                if session is None:
+                    return
+                if batch is None:
+                    session.out.put(StreamSession.END)
+                    continue
+                if self.batch_delay:
+                    time.sleep(self.batch_delay)
+                state = session.collector
+                if self._accept(state, batch):
+                    for consume in self.consumers:
+                        try:
+                            consume(batch, state)
+                        except Exception:
+                            log.exception("consumer %r failed on a batch from %s", consume,
+                                          state.collector_id)
+                    session.out.put(ack_bytes(batch.batch_id, _Ack.STATUS_OK, len(batch)))
+                else:
+                    session.out.put(ack_bytes(batch.batch_id, _Ack.STATUS_DUPLICATE, 0, "already received"))
+                if self._paused and self._queue.qsize() <= self._low:
+                    self._resume_all()
+            finally:
+                self._queue.task_done()
+
+    def _accept(self, state, batch):
+        n = len(batch)
+        with self._lock:
+            if batch.batch_id and batch.batch_id <= state.last_batch_id:
+                state.duplicates += 1
+                self.duplicates += 1
+                return False
+            state.last_batch_id = max(state.last_batch_id, batch.batch_id)
+            state.batches += 1
+            state.events += n
+            state.kernel_drops += batch.kernel_drops
+            state.processor_drops += batch.processor_drops
+            state.buffer_drops += batch.buffer_drops
+            state.last_seen = time.time()
+            for type_name, count in batch.type_counts().items():
+                state.events_by_type[type_name] = state.events_by_type.get(type_name, 0) + count
+            if n:
+                state.last_event_id = batch.event_id(n - 1)
+            self.batches += 1
+            self.events += n
+        if self._events_out is not None and n:
+            self._events_out.write(batch.to_json_lines())
+            self._events_out.flush()
+        if self.events - self._logged_at >= self._log_every:
+            self._logged_at = self.events
+            log.info("Processed %d events, latest: %s", self.events, state.last_event_id)
+        return True
+
+    def _resume_all(self):
+        with self._lock:
+            paused, self._paused = self._paused, set()
+        for session in paused:
+            session.paused = False
+            session.out.put(control_bytes(_Control.ACTION_RESUME))
+
+    def close(self):
+        """Stop the engine after what is queued, and close the archive."""
+        self._queue.put((None, None))
+        self._thread.join(10)
+        if self._events_out is not None:
+            self._events_out.close()
+            self._events_out = None
