@@ -9,7 +9,7 @@ import shlex
 import subprocess
 import sys
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
@@ -104,7 +104,7 @@ def generate_proto():
 
 
 setup(
-    packages=["tapio", "tapio._fast", "tapio.collector", "tapio.server", "tapio.v1"],
+    packages=find_packages(include=["tapio", "tapio.*"]),
     package_data={"tapio._fast": ["tapio.bpf.o", "*.pxd"], "tapio.v1": ["*.pyi"]},
     ext_modules=extensions(),
     cmdclass={"build_py": BuildPyWithProto, "build_ext": BuildExtWithProto},

@@ -20,7 +20,7 @@ class Pending:
 
 
 class DeliveryBuffer:
-    def __init__(self, max_bytes, overflow="drop-oldest"):
+    def __init__(self, max_bytes, overflow="drop-oldest", spool=None):
         if overflow not in ("drop-oldest", "drop-newest"):
             raise ValueError(f"unknown overflow policy {overflow!r}")
         self.max_bytes = max_bytes
@@ -30,6 +30,7 @@ class DeliveryBuffer:
         self.dropped_events = 0
         self.dropped_batches = 0
         self._dropped_since_batch = 0
+        self.spool = spool           # optional on-disk copy (spool.Spool): mirrors this buffer
 
     def __len__(self):
         return len(self._pending)
@@ -37,19 +38,33 @@ class DeliveryBuffer:
     def add(self, batch_id, data, events):
         """Keep a new batch. Returns it, or None when the policy dropped it."""
         size = len(data)
-        if self.overflow == "drop-newest" and self.bytes + size > self.max_bytes:
+        if size > self.max_bytes or (self.overflow == "drop-newest" and self.bytes + size > self.max_bytes):
             self._drop(events)
             return None
         while self._pending and self.bytes + size > self.max_bytes:
             _, oldest = self._pending.popitem(last=False)
             self.bytes -= len(oldest.data)
             self._drop(oldest.events)
-        if size > self.max_bytes:
-            self._drop(events)
-            return None
+            if self.spool is not None:
+                self.spool.ack(oldest.batch_id)
         item = self._pending[batch_id] = Pending(batch_id, data, events)
         self.bytes += size
+        if self.spool is not None:
+            self.spool.append(batch_id, data, events)
         return item
+
+    def restore(self, batches):
+        """Put batches recovered from the spool back (before any new one), within the bound."""
+        spool, self.spool = self.spool, None     # they are on disk already
+        try:
+            for batch_id, data, events in batches:
+                self.add(batch_id, data, events)
+        finally:
+            self.spool = spool
+        if spool is not None:
+            for batch_id, _, _ in batches:
+                if batch_id not in self._pending:     # did not fit: gone from disk too
+                    spool.ack(batch_id)
 
     def _drop(self, events):
         self.dropped_events += events
@@ -61,6 +76,8 @@ class DeliveryBuffer:
         item = self._pending.pop(batch_id, None)
         if item is not None:
             self.bytes -= len(item.data)
+            if self.spool is not None:
+                self.spool.ack(batch_id)
         return item
 
     def unsent(self):
@@ -85,6 +102,10 @@ class DeliveryBuffer:
         """Events dropped here since the previous call: what the next batch reports."""
         n, self._dropped_since_batch = self._dropped_since_batch, 0
         return n
+
+    def last_id(self):
+        """The highest batch id held (0 when empty)."""
+        return max(self._pending, default=0)
 
     def items(self):
         return list(self._pending.values())
