@@ -101,7 +101,9 @@ cmd_build() {
     # setup.py generates tapio/v1 from proto/ and cythonizes only what changed
     log "building the Cython core"
     "$PY" setup.py -q build_ext --inplace >/dev/null
-    if ! "$PY" -c 'import tapio, sys; sys.exit(0 if tapio.__file__.startswith(sys.argv[1]) else 1)' "$ROOT" 2>/dev/null; then
+    # -I: the check must not find ./tapio through the current directory
+    if [ ! -x "$VENV/bin/tapio-collector" ] ||
+        ! "$PY" -I -c 'import tapio, sys; sys.exit(0 if tapio.__file__.startswith(sys.argv[1]) else 1)' "$ROOT" 2>/dev/null; then
         log "installing tapio into $VENV (editable)"
         "$PY" -m pip install -q --no-build-isolation --no-deps -e . >/dev/null
     fi

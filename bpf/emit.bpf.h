@@ -63,14 +63,32 @@ static __always_inline void count_drop(__u32 type)
 		*n += 1; /* per-CPU slot: no atomic needed */
 }
 
-/* Reserve an event of `size` bytes, or count the drop and return NULL. */
-static __always_inline void *reserve_event(__u64 size, __u32 type)
+/* Reserve an event of `size` bytes, or count the drop and return NULL. Routine events stop at
+ * config.routine_limit bytes of unread data, so that a flood of them (exec storms, connection
+ * churn) leaves room for the events that matter most. */
+static __always_inline void *reserve(__u64 size, __u32 type, bool priority)
 {
-	void *e = bpf_ringbuf_reserve(&events, size, 0);
+	void *e;
 
+	if (!priority && tapio_config.routine_limit &&
+	    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > tapio_config.routine_limit) {
+		count_drop(type);
+		return NULL;
+	}
+	e = bpf_ringbuf_reserve(&events, size, 0);
 	if (!e)
 		count_drop(type);
 	return e;
+}
+
+static __always_inline void *reserve_event(__u64 size, __u32 type)
+{
+	return reserve(size, type, false);
+}
+
+static __always_inline void *reserve_priority_event(__u64 size, __u32 type)
+{
+	return reserve(size, type, true);
 }
 
 static __always_inline __u64 task_cgroup_id(struct task_struct *task)

@@ -34,6 +34,7 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 enum { BPF_ANY = 0 };
+enum { BPF_RB_AVAIL_DATA = 0 };
 
 #define PRESERVE __attribute__((preserve_access_index))
 

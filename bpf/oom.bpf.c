@@ -41,7 +41,7 @@ int BPF_PROG(tapio_oom_victim, struct task_struct *victim)
 
 	if (task_filtered(BPF_CORE_READ(victim, tgid), task_cgroup_id(victim)))
 		return 0;
-	e = reserve_event(sizeof(*e), TAPIO_EVENT_OOM_KILL);
+	e = reserve_priority_event(sizeof(*e), TAPIO_EVENT_OOM_KILL);
 	if (!e)
 		return 0;
 	fill_header_task(&e->hdr, TAPIO_EVENT_OOM_KILL, victim);

@@ -48,11 +48,13 @@ int BPF_PROG(tapio_exit, struct task_struct *task)
 		return 0;
 	if (current_filtered())
 		return 0;
-	e = reserve_event(sizeof(*e), TAPIO_EVENT_EXIT);
+	status = BPF_CORE_READ(task, exit_code);
+	/* a failed exit (non-zero code or a signal) is a priority event */
+	e = status ? reserve_priority_event(sizeof(*e), TAPIO_EVENT_EXIT)
+		   : reserve_event(sizeof(*e), TAPIO_EVENT_EXIT);
 	if (!e)
 		return 0;
 	fill_header_current(&e->hdr, TAPIO_EVENT_EXIT);
-	status = BPF_CORE_READ(task, exit_code);
 	e->signal = status & 0x7f;
 	e->core_dumped = (status & 0x80) ? 1 : 0;
 	e->exit_code = e->signal ? 0 : (status >> 8) & 0xff;

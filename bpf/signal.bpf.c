@@ -53,7 +53,7 @@ int BPF_PROG(tapio_signal_generate, int sig, struct kernel_siginfo *info, struct
 		return 0;
 	if (task_filtered(BPF_CORE_READ(target, tgid), task_cgroup_id(target)))
 		return 0;
-	e = reserve_event(sizeof(*e), TAPIO_EVENT_SIGNAL);
+	e = reserve_priority_event(sizeof(*e), TAPIO_EVENT_SIGNAL);
 	if (!e)
 		return 0;
 	fill_header_task(&e->hdr, TAPIO_EVENT_SIGNAL, target);

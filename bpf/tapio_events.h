@@ -130,7 +130,8 @@ struct tapio_config {
 	__u32 self_tgid;      /* the collector: never traced, no feedback loop */
 	__u32 enabled_types;  /* bit (1 << type) for each enabled enum tapio_event_type */
 	__u32 filter_cgroups; /* 1: only tasks whose cgroup id is in the cgroup_allow map */
-	__u32 _pad;
+	__u32 routine_limit;  /* ring-buffer bytes routine events may fill (0: all); the rest is
+			       * kept for priority events: OOM kills, fatal signals, failed exits */
 };
 
 #endif /* TAPIO_EVENTS_H */

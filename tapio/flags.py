@@ -12,6 +12,11 @@ import os
 import re
 import sys
 
+class ConfigError(Exception):
+    """A configuration problem found after parsing (a file without a token, ...): the CLIs print
+    it as one line and exit with code 2."""
+
+
 _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"0", "false", "f", "no", "n", "off"}
 

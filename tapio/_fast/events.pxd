@@ -94,3 +94,4 @@ cdef extern from "tapio_events.h" nogil:
         uint32_t self_tgid
         uint32_t enabled_types
         uint32_t filter_cgroups
+        uint32_t routine_limit

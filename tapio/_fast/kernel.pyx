@@ -228,27 +228,31 @@ cdef class KernelProbes:
 
     @staticmethod
     def start(event_types=None, uint32_t ring_buffer_bytes=8 << 20, object_path=None,
-              self_tgid=None, cgroup_allow=None):
+              self_tgid=None, cgroup_allow=None, double routine_share=0.75):
         """Open, configure, load and attach the BPF object: blocking (call it from a thread in
         async code). Returns a KernelProbes that must be closed.
 
         event_types: names from EVENT_TYPES (default: all). ring_buffer_bytes: a power of two,
         a multiple of the page size. self_tgid: the process never traced (default: this one).
         cgroup_allow: cgroup v2 ids; when given, only tasks in them are traced.
+        routine_share: the part of the ring buffer routine events may fill; the rest is kept
+        for priority events (OOM kills, fatal signals, failed exits). 1.0: no reserve.
         """
         cdef KernelProbes self = KernelProbes.__new__(KernelProbes)
         self.links = []
         self.skipped = {}
         self.object_path = object_path or DEFAULT_OBJECT
         self.ring_buffer_bytes = ring_buffer_bytes
+        if not 0 < routine_share <= 1:
+            raise ValueError(f"routine_share must be in (0, 1], not {routine_share}")
         try:
-            self._open_and_load(event_types, self_tgid, cgroup_allow)
+            self._open_and_load(event_types, self_tgid, cgroup_allow, routine_share)
         except BaseException:
             self.close()
             raise
         return self
 
-    def _open_and_load(self, event_types, self_tgid, cgroup_allow):
+    def _open_and_load(self, event_types, self_tgid, cgroup_allow, double routine_share):
         cdef tapio_config config
         cdef bpf_map *rodata
         cdef bpf_map *events_map
@@ -301,6 +305,7 @@ cdef class KernelProbes:
         for t in wanted:
             config.enabled_types |= 1u << t
         config.filter_cgroups = 1 if cgroup_allow is not None else 0
+        config.routine_limit = <uint32_t>(self.ring_buffer_bytes * routine_share)
         offset = _rodata_offset(self.obj, b"tapio_config")
         rodata_image = <char *>bpf_map__initial_value(rodata, &rodata_size)
         if offset < 0 or rodata_image == NULL or offset + sizeof(config) > rodata_size:

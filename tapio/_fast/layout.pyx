@@ -57,7 +57,7 @@ cdef extern from *:
         TAPIO_FIELD(tapio_signal, code), TAPIO_FIELD(tapio_signal, sender_pid),
         TAPIO_FIELD(tapio_signal, _pad), TAPIO_FIELD(tapio_signal, sender_comm),
         TAPIO_FIELD(tapio_config, self_tgid), TAPIO_FIELD(tapio_config, enabled_types),
-        TAPIO_FIELD(tapio_config, filter_cgroups), TAPIO_FIELD(tapio_config, _pad),
+        TAPIO_FIELD(tapio_config, filter_cgroups), TAPIO_FIELD(tapio_config, routine_limit),
     };
     static const size_t tapio_host_field_count = sizeof(tapio_host_fields) / sizeof(tapio_host_fields[0]);
     #define TAPIO_SIZE(s) { #s, sizeof(struct s) }

@@ -3,10 +3,12 @@ metrics log and signal handling."""
 import logging
 import signal
 import sys
+import time
 
 import trio
 
 from tapio import __version__
+from tapio.flags import ConfigError
 from tapio._fast.codec import BatchEncoder
 from tapio.collector.clock import boot_to_wall_ns
 from tapio.collector.ebpf_source import EbpfSource
@@ -27,6 +29,16 @@ def _hello(args, event_types, last_acked=0):
         event_types=sorted(event_types), last_acked_batch_id=last_acked)).SerializeToString()
 
 
+def _read_token(path):
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip() and not line.lstrip().startswith("#"):
+                return line.strip()
+    raise ConfigError(f"{path} holds no token")
+
+
 def _make_sink(args, event_types):
     if args.output:
         from tapio.collector.output import JsonLinesSink
@@ -36,20 +48,37 @@ def _make_sink(args, event_types):
     from tapio.collector.connection import ConnectionManager
     from tapio.collector.delivery import DeliveryBuffer
     from tapio.collector.grpc_transport import GrpcTransport
-    channels = ChannelFactory(compression=args.compression)
+    channels = ChannelFactory(tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                              tls_server_name=args.tls_server_name,
+                              auth_token=_read_token(args.auth_token_file),
+                              compression=args.compression)
+    buffer = DeliveryBuffer(args.max_memory, args.overflow)
+    if args.spool_dir:
+        from tapio.collector.spool import Spool
+        buffer.spool = Spool(args.spool_dir, args.spool_max_size, fsync_interval=args.spool_fsync_interval)
+        buffer.restore(buffer.spool.recover())
     return ConnectionManager(
         servers=args.server, transport=GrpcTransport(channels, args.connect_timeout),
-        buffer=DeliveryBuffer(args.max_memory, args.overflow),
-        hello=lambda: _hello(args, event_types),
+        buffer=buffer, hello=lambda: _hello(args, event_types),
         backoff=Backoff(args.backoff_initial, args.backoff_max, args.backoff_multiplier))
 
 
+async def _open_source(args):
+    if args.source == "synthetic":
+        from tapio.collector.synthetic_source import SyntheticSource
+        log.info("Synthetic source: %s events/s, %s events", args.rate or "max", args.count or "unbounded")
+        return SyntheticSource(args.rate, args.count)
+    return await EbpfSource.start(args.events, args.ring_buffer_size)
+
+
 async def _main(args):
-    source = await EbpfSource.start(args.events, args.ring_buffer_size)
+    source = await _open_source(args)
     sink = _make_sink(args, source.event_types)
     encoder = BatchEncoder(args.collector_id, args.node_name, boot_to_wall_ns())
-    pump = Pump(source, sink, encoder, args.batch_size, args.flush_interval)
     streaming = hasattr(sink, "run")
+    # new batch ids follow the wall clock (in microseconds) and whatever the spool gave back
+    first_batch_id = max(time.time_ns() // 1000, sink.buffer.last_id() + 1) if streaming else 1
+    pump = Pump(source, sink, encoder, args.batch_size, args.flush_interval, first_batch_id)
     if streaming:
         sink.on_configure = pump.configure
         log.info("eBPF collector enabled with gRPC connection to %s", ",".join(args.server))
@@ -66,8 +95,7 @@ async def _main(args):
             nursery.cancel_scope.cancel()
     finally:
         source.close()
-        if not streaming:
-            sink.close()
+        sink.close()
     stats = pump.stats
     print(f"tapio-collector: {stats.events} events seen, {stats.kernel_drops} dropped in the kernel"
           + (f", {sink.stats.events_sent} delivered, {sink.buffer.dropped_events} dropped from the "

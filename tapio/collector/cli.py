@@ -7,7 +7,7 @@ import socket
 import sys
 
 from tapio import __version__, logs
-from tapio.flags import (FlagParser, choice, parse_duration, parse_size, positive, non_negative,
+from tapio.flags import (ConfigError, FlagParser, choice, parse_duration, parse_size, positive, non_negative,
                          port)
 
 log = logging.getLogger("tapio.collector")
@@ -59,6 +59,12 @@ examples:
 """)
     p.add_argument("--version", action="version", version=f"tapio-collector {__version__}")
     p.switch("--enable-ebpf", help="collect kernel events with eBPF (needs root or CAP_BPF+CAP_PERFMON)")
+    p.flag("--source", type=choice("ebpf", "synthetic"), default="ebpf",
+           help="where events come from: the kernel, or a synthetic generator (benchmarks, demos)")
+    p.flag("--rate", type=non_negative(int), default=0, metavar="N",
+           help="synthetic source: events per second (0: as fast as they are taken)")
+    p.flag("--count", type=non_negative(int), default=0, metavar="N",
+           help="synthetic source: stop after N events (0: never)")
     p.flag("--output", metavar="PATH", help="write every event as a JSON line to PATH ('-' for stdout)")
     p.flag("--server", type=parse_servers, metavar="HOST:PORT[,HOST:PORT...]",
            help="Tapio server(s) to stream to; later ones are failovers, in order")
@@ -74,6 +80,12 @@ examples:
            help="bound of the unacked-batch buffer")
     p.flag("--overflow", type=choice("drop-oldest", "drop-newest"), default="drop-oldest",
            help="what goes when the buffer is full")
+    p.flag("--spool-dir", metavar="DIR",
+           help="also keep unacked batches on disk, to resend them after a crash or restart")
+    p.flag("--spool-max-size", type=positive(parse_size), default="256MiB", metavar="SIZE",
+           help="bound of the spool on disk")
+    p.flag("--spool-fsync-interval", type=non_negative(parse_duration), default="1s", metavar="DURATION",
+           help="longest time a spooled batch waits for fsync (what a power loss can cost)")
     p.flag("--compression", type=choice("none", "gzip"), default="none", help="gRPC compression")
     p.flag("--connect-timeout", type=positive(parse_duration), default="5s", metavar="DURATION",
            help="longest wait for one connection attempt")
@@ -87,6 +99,11 @@ examples:
            help="on SIGTERM, how long to wait for the server's acks")
     p.flag("--metrics-interval", type=non_negative(parse_duration), default="30s", metavar="DURATION",
            help="how often to log statistics (0: never)")
+    p.flag("--tls-ca", metavar="PEM", help="connect with TLS, trusting servers signed by this CA")
+    p.flag("--tls-cert", metavar="PEM", help="mutual TLS: this collector's certificate (with --tls-key)")
+    p.flag("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    p.flag("--tls-server-name", metavar="NAME", help="expect this name in the server's certificate")
+    p.flag("--auth-token-file", metavar="PATH", help="send the bearer token in PATH (its first line)")
     p.flag("--collector-id", metavar="ID", help="this collector's id (default: <node-name>-collector)")
     p.flag("--node-name", metavar="NAME", help="node name on every batch (default: $NODE_NAME or the hostname)")
     p.flag("--log-format", type=choice("text", "json"), default="text", help="log format")
@@ -95,10 +112,16 @@ examples:
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_cert and not args.tls_ca:
+        parser.error("--tls-cert (mutual TLS) needs --tls-ca too")
     logs.setup(args.log_format, args.log_level)
-    if not args.enable_ebpf:
-        print("tapio-collector: nothing to collect: pass --enable-ebpf", file=sys.stderr)
+    if args.source == "ebpf" and not args.enable_ebpf:
+        print("tapio-collector: nothing to collect: pass --enable-ebpf (or --source synthetic)",
+              file=sys.stderr)
         return 2
     if not args.output and not args.server:
         print("tapio-collector: nowhere to send events: pass --server HOST:PORT or --output PATH|-",
@@ -113,6 +136,9 @@ def main(argv=None):
         return app.run(args)
     except BpfError as e:
         print(f"tapio-collector: {e.strerror}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print(f"tapio-collector: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         if e.errno in (errno.EACCES, errno.ENOENT, errno.EISDIR) and e.filename:

@@ -224,6 +224,10 @@ class ConnectionManager:
                 interval = control.flush_interval_ms / 1000 if control.flush_interval_ms else None
                 self.on_configure(control.max_batch_size or None, interval)
 
+    def close(self):
+        if self.buffer.spool is not None:
+            self.buffer.spool.close()
+
     async def wait_acked(self, timeout):
         """On shutdown: wait (bounded) until every batch is acked; True when all were."""
         with trio.move_on_after(timeout):

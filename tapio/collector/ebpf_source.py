@@ -14,6 +14,8 @@ log = logging.getLogger("tapio.collector.ebpf")
 
 
 class EbpfSource:
+    exhausted = False       # the kernel never runs out
+
     def __init__(self, probes):
         self.probes = probes
         self._fd = probes.epoll_fd

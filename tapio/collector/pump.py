@@ -34,8 +34,8 @@ class Pump:
         self.flush_interval = flush_interval
         self.idle_poll = idle_poll
         self.stats = PumpStats()
-        # Batch ids start from the wall clock in microseconds, so that a restarted collector
-        # never reuses an id the server has seen (the server drops ids it has seen as duplicates).
+        # Batch ids start from the wall clock in microseconds by default, so that a restarted
+        # collector never reuses an id the server has seen (it drops those as duplicates).
         self._batch_id = (time.time_ns() // 1000 if first_batch_id is None else first_batch_id) - 1
         self._stopping = False
         self._wait_scope = None
@@ -55,6 +55,9 @@ class Pump:
         deadline = trio.current_time() + self.flush_interval
         while not self._stopping:
             self.stats.events += self.source.fill(self.arena)
+            if self.source.exhausted:
+                self._stopping = True       # a bounded source ran out: drain and finish
+                break
             pending = len(self.arena)
             now = trio.current_time()
             if pending and (self.arena.full or now >= deadline or self.sink.idle()):

@@ -3,7 +3,7 @@ import logging
 import sys
 
 from tapio import __version__, logs
-from tapio.flags import FlagParser, choice, parse_duration, parse_size, port, positive
+from tapio.flags import ConfigError, FlagParser, choice, parse_duration, parse_size, port, positive
 
 log = logging.getLogger("tapio.server")
 
@@ -30,18 +30,29 @@ examples:
            help="sleep this long per batch: a deliberately slow server, for tests and demos")
     p.flag("--shutdown-grace", type=parse_duration, default="2s", metavar="DURATION",
            help="on SIGTERM, time in-flight batches get to finish")
+    p.flag("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (with --tls-key)")
+    p.flag("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    p.flag("--tls-client-ca", metavar="PEM",
+           help="mutual TLS: require client certificates signed by this CA")
+    p.flag("--auth-token-file", metavar="PATH",
+           help="accept only streams with one of these bearer tokens (one per line; SIGHUP reloads)")
     p.flag("--log-format", type=choice("text", "json"), default="text", help="log format")
     p.flag("--log-level", type=choice(*logs.LEVELS), default="info", help="log level")
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        parser.error("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
     logs.setup(args.log_format, args.log_level)
     from tapio.server import app
     try:
         return app.run(args)
-    except OSError as e:
+    except (OSError, ConfigError) as e:
         print(f"tapio-server: {e}", file=sys.stderr)
         return 2
 

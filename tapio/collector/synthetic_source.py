@@ -1,0 +1,55 @@
+"""`--source synthetic`: events at a fixed rate (or as fast as possible), for benchmarks and for
+demos on hosts without eBPF. They fill the same arena as the kernel's, in the kernel's layout,
+and take the same path from there."""
+import trio
+
+from tapio._fast import synthetic
+from tapio._fast.kernel import EVENT_TYPES
+
+
+class SyntheticSource:
+    def __init__(self, rate=0, count=0):
+        """rate: events per second (0: as fast as the pipeline takes them); count: stop after
+        this many (0: never)."""
+        self.rate = rate
+        self.count = count
+        self.produced = 0
+        self._started = None
+        self.event_types = frozenset(EVENT_TYPES.values())
+
+    @property
+    def exhausted(self):
+        return bool(self.count) and self.produced >= self.count
+
+    def _due(self):
+        """How many events should exist by now."""
+        if self._started is None:
+            self._started = trio.current_time()
+        due = self.count if self.count else 1 << 62
+        if self.rate:
+            due = min(due, int((trio.current_time() - self._started) * self.rate) + 1)
+        return due
+
+    def fill(self, arena):
+        wanted = self._due() - self.produced
+        if wanted <= 0:
+            return 0
+        n = synthetic.fill(arena, self.produced + 1, min(wanted, 1 << 30))
+        self.produced += n
+        return n
+
+    async def wait(self):
+        """Until the next event is due (forever once the count is reached)."""
+        if self.exhausted:
+            await trio.sleep_forever()
+        if self.rate:
+            next_due = self._started + self.produced / self.rate if self._started is not None else 0
+            await trio.sleep_until(max(next_due, trio.current_time() + 0.0005))
+        else:
+            await trio.sleep(0)
+
+    def kernel_drops_since_last(self):
+        return 0
+
+    def close(self):
+        pass
