@@ -52,13 +52,25 @@ cdef inline size_t event_size(uint32_t type) noexcept nogil:
     return 0
 
 
+cdef inline tapio_event *arena_claim(arena_t *a) noexcept nogil:
+    """The next free slot, its side data reset, counted in; the caller fills the event (and has
+    made sure there is a free slot)."""
+    cdef uint32_t i = a.count
+    a.repeat[i] = 1
+    a.ctx_ptr[i] = NULL
+    a.ctx_len[i] = 0
+    a.proc_ptr[i] = NULL
+    a.proc_len[i] = 0
+    a.count = i + 1
+    return arena_slot(a, i)
+
+
 cdef inline int arena_push(arena_t *a, const void *data, size_t size) noexcept nogil:
     """Copy one record into the next free slot (the caller makes sure there is one).
 
     The ring buffer promises no alignment, so the header is read through memcpy; the record must
     have exactly the size its type declares."""
     cdef tapio_header hdr
-    cdef uint32_t i = a.count
     if size < sizeof(tapio_header):
         a.malformed += 1
         return PUSH_MALFORMED
@@ -66,13 +78,7 @@ cdef inline int arena_push(arena_t *a, const void *data, size_t size) noexcept n
     if size != event_size(hdr.type):
         a.malformed += 1
         return PUSH_MALFORMED
-    memcpy(arena_slot(a, i), data, size)
-    a.repeat[i] = 1
-    a.ctx_ptr[i] = NULL
-    a.ctx_len[i] = 0
-    a.proc_ptr[i] = NULL
-    a.proc_len[i] = 0
-    a.count = i + 1
+    memcpy(arena_claim(a), data, size)
     return PUSH_FULL if a.count >= a.limit else PUSH_OK
 
 

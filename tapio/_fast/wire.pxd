@@ -1,10 +1,13 @@
-# Protocol buffers wire format: sizes and writers for the encoder, a bounds-checked reader for the
+# cython: boundscheck=False, wraparound=False, cdivision=True
+# Protocol buffers wire format: sizes and writers for the encoder, bounds-checked readers for the
 # decoder. Everything is inline C: the codec's hot loops call these per field.
 #
-# The reader follows asyncpg's frb: a C struct (pointer, end) whose every read checks what is left
-# and, instead of reading past the end, records an error and returns -1. Errors go into one shared
-# wire_error so that a failure deep inside a nested message surfaces with its first cause.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+# Readers take the read position and the end of the message by value and return the position
+# after what they read, or NULL when the read would pass the end or the bytes are not what they
+# must be; then the first error (what, and where) is in the caller's wire_error. Like asyncpg's
+# frb every read checks what is left; unlike a reader struct behind a pointer, the position stays
+# in a register: stores into decoded records cannot alias it, so nothing is reloaded per field.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, UINT32_MAX
 
 cdef extern from *:
     # GCC and clang both have it; the argument is never 0 below (v | 1)
@@ -35,19 +38,12 @@ cdef enum:
 
 cdef struct wire_error:
     int code
-    size_t offset          # where in the whole input the failing read started
+    const uint8_t *at      # where the failing read started
     const char *message    # the message being read (innermost), NULL until known
     uint32_t field         # its field being read, 0 when the tag itself failed
 
 
-cdef struct wire_reader:
-    const uint8_t *p
-    const uint8_t *end
-    const uint8_t *base    # start of the whole input: offsets are relative to it
-    wire_error *err
-
-
-# ---- sizes and writers (the encoder computes every size before it writes) ----
+# ---- sizes and writers (the encoder measures each message before it writes it) ----
 
 cdef inline size_t varint_size(uint64_t v) noexcept nogil:
     # bits in use, 7 to a byte: 1 + floor((bit length - 1) / 7)
@@ -71,124 +67,128 @@ cdef inline uint8_t *put_fixed64(uint8_t *w, uint64_t v) noexcept nogil:
     return w + 8
 
 
-cdef inline uint8_t *put_byte(uint8_t *w, uint8_t b) noexcept nogil:
-    w[0] = b
-    return w + 1
+# ---- readers ----
+
+cdef inline const uint8_t *wire_fail(wire_error *err, int code, const uint8_t *at) noexcept nogil:
+    """Record the first error and where it is; always NULL."""
+    if err.code == WIRE_OK:
+        err.code = code
+        err.at = at
+    return NULL
 
 
-# ---- the reader ----
-
-cdef inline void reader_init(wire_reader *r, const uint8_t *p, size_t n, wire_error *err) noexcept nogil:
-    r.p = p
-    r.end = p + n
-    r.base = p
-    r.err = err
-
-
-cdef inline int rd_fail(wire_reader *r, int code) noexcept nogil:
-    """Record the first error (and where the reader stands); always -1."""
-    if r.err.code == WIRE_OK:
-        r.err.code = code
-        r.err.offset = <size_t>(r.p - r.base)
-    return -1
+cdef inline const uint8_t *wire_fail_in(wire_error *err, const char *message, uint32_t field) noexcept nogil:
+    """Name the innermost message and field of an error already recorded; always NULL."""
+    if err.message == NULL:
+        err.message = message
+        err.field = field
+    return NULL
 
 
-cdef inline int rd_fail_in(wire_reader *r, const char *message, uint32_t field) noexcept nogil:
-    """Name the innermost message and field of an error already recorded; always -1."""
-    if r.err.message == NULL:
-        r.err.message = message
-        r.err.field = field
-    return -1
-
-
-cdef inline int rd_varint_slow(wire_reader *r, uint64_t *out) noexcept nogil:
-    cdef const uint8_t *p = r.p
+cdef inline const uint8_t *get_varint_slow(const uint8_t *p, const uint8_t *end, uint64_t *out,
+                                           wire_error *err) noexcept nogil:
+    cdef const uint8_t *start = p
     cdef uint64_t v = 0
     cdef unsigned shift = 0
     cdef uint8_t b
     while shift < 70:  # 10 bytes: shifts 0, 7, ..., 63; bits past 64 are dropped, as protobuf does
-        if p >= r.end:
-            return rd_fail(r, WIRE_TRUNCATED)
+        if p >= end:
+            return wire_fail(err, WIRE_TRUNCATED, start)
         b = p[0]
         p += 1
         v |= <uint64_t>(b & 0x7f) << shift
         if b < 0x80:
-            r.p = p
             out[0] = v
-            return 0
+            return p
         shift += 7
-    return rd_fail(r, WIRE_VARINT_TOO_LONG)
+    return wire_fail(err, WIRE_VARINT_TOO_LONG, start)
 
 
-cdef inline int rd_varint(wire_reader *r, uint64_t *out) noexcept nogil:
-    if r.p < r.end and r.p[0] < 0x80:  # most values on our wire fit in one byte
-        out[0] = r.p[0]
-        r.p += 1
-        return 0
-    return rd_varint_slow(r, out)
+cdef inline const uint8_t *get_varint(const uint8_t *p, const uint8_t *end, uint64_t *out,
+                                      wire_error *err) noexcept nogil:
+    if p < end and p[0] < 0x80:  # most values on our wire fit in one byte
+        out[0] = p[0]
+        return p + 1
+    return get_varint_slow(p, end, out, err)
 
 
-cdef inline int rd_tag(wire_reader *r, uint32_t *tag) noexcept nogil:
-    cdef uint64_t v
-    if r.p < r.end and 8 <= r.p[0] < 0x80:  # one-byte tag of fields 1..15
-        tag[0] = r.p[0]
-        r.p += 1
-        return 0
-    if rd_varint(r, &v) < 0:
-        return -1
-    if v > 0xFFFFFFFF:
-        return rd_fail(r, WIRE_TAG_TOO_LARGE)
+cdef inline const uint8_t *get_u32(const uint8_t *p, const uint8_t *end, uint32_t *out,
+                                   wire_error *err) noexcept nogil:
+    """A uint32 / int32 / enum field: the low 32 bits of the varint, as protobuf reads it."""
+    cdef uint64_t v = 0
+    p = get_varint(p, end, &v, err)
+    out[0] = <uint32_t>v
+    return p
+
+
+cdef inline const uint8_t *get_bool(const uint8_t *p, const uint8_t *end, uint8_t *out,
+                                    wire_error *err) noexcept nogil:
+    cdef uint64_t v = 0
+    p = get_varint(p, end, &v, err)
+    out[0] = v != 0
+    return p
+
+
+cdef inline const uint8_t *get_tag(const uint8_t *p, const uint8_t *end, uint32_t *tag,
+                                   wire_error *err) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef const uint8_t *start = p
+    if p < end and 8 <= p[0] < 0x80:  # one-byte tag of fields 1..15
+        tag[0] = p[0]
+        return p + 1
+    p = get_varint(p, end, &v, err)
+    if p == NULL:
+        return NULL
+    if v > UINT32_MAX:
+        return wire_fail(err, WIRE_TAG_TOO_LARGE, start)
     if v >> 3 == 0:
-        return rd_fail(r, WIRE_FIELD_ZERO)
+        return wire_fail(err, WIRE_FIELD_ZERO, start)
     tag[0] = <uint32_t>v
-    return 0
+    return p
 
 
-cdef inline int rd_fixed64(wire_reader *r, uint64_t *out) noexcept nogil:
+cdef inline const uint8_t *get_fixed64(const uint8_t *p, const uint8_t *end, uint64_t *out,
+                                       wire_error *err) noexcept nogil:
     cdef uint64_t v = 0
     cdef int i
-    if r.end - r.p < 8:
-        return rd_fail(r, WIRE_TRUNCATED)
+    if end - p < 8:
+        return wire_fail(err, WIRE_TRUNCATED, p)
     for i in range(8):
-        v |= <uint64_t>r.p[i] << (8 * i)
-    r.p += 8
+        v |= <uint64_t>p[i] << (8 * i)
     out[0] = v
-    return 0
+    return p + 8
 
 
-cdef inline int rd_len(wire_reader *r, wire_reader *sub) noexcept nogil:
-    """A length-delimited field: `sub` reads its body, `r` moves past it."""
-    cdef uint64_t n
-    if rd_varint(r, &n) < 0:
-        return -1
-    if n > <uint64_t>(r.end - r.p):
-        return rd_fail(r, WIRE_LENGTH_PAST_END)
-    sub.p = r.p
-    sub.end = r.p + n
-    sub.base = r.base
-    sub.err = r.err
-    r.p += n
-    return 0
+cdef inline const uint8_t *get_len(const uint8_t *p, const uint8_t *end, const uint8_t **body,
+                                   wire_error *err) noexcept nogil:
+    """A length-delimited field: its body is body[0] up to the returned position."""
+    cdef uint64_t n = 0
+    cdef const uint8_t *start = p
+    p = get_varint(p, end, &n, err)
+    if p == NULL:
+        return NULL
+    if n > <uint64_t>(end - p):
+        return wire_fail(err, WIRE_LENGTH_PAST_END, start)
+    body[0] = p
+    return p + n
 
 
-cdef inline int rd_skip(wire_reader *r, uint32_t wire_type) noexcept nogil:
+cdef inline const uint8_t *skip_value(const uint8_t *p, const uint8_t *end, uint32_t wire_type,
+                                      wire_error *err) noexcept nogil:
     """Skip the value of an unknown field."""
     cdef uint64_t v
-    cdef wire_reader sub
+    cdef const uint8_t *body
     if wire_type == WT_VARINT:
-        return rd_varint(r, &v)
+        return get_varint(p, end, &v, err)
     if wire_type == WT_I64:
-        return rd_fixed64(r, &v)
+        return get_fixed64(p, end, &v, err)
     if wire_type == WT_LEN:
-        return rd_len(r, &sub)
+        return get_len(p, end, &body, err)
     if wire_type == WT_I32:
-        if r.end - r.p < 4:
-            return rd_fail(r, WIRE_TRUNCATED)
-        r.p += 4
-        return 0
+        return p + 4 if end - p >= 4 else wire_fail(err, WIRE_TRUNCATED, p)
     if wire_type == WT_SGROUP or wire_type == WT_EGROUP:
-        return rd_fail(r, WIRE_GROUP)
-    return rd_fail(r, WIRE_BAD_WIRE_TYPE)
+        return wire_fail(err, WIRE_GROUP, p)
+    return wire_fail(err, WIRE_BAD_WIRE_TYPE, p)
 
 
 cdef inline uint64_t field_mask(uint32_t first, uint32_t last) noexcept nogil:
@@ -196,10 +196,11 @@ cdef inline uint64_t field_mask(uint32_t first, uint32_t last) noexcept nogil:
     return ((<uint64_t>2 << last) - 1) & ~((<uint64_t>1 << first) - 1)
 
 
-cdef inline int rd_other(wire_reader *r, uint32_t tag, uint64_t known) noexcept nogil:
+cdef inline const uint8_t *skip_other(const uint8_t *p, const uint8_t *end, uint32_t tag,
+                                      uint64_t known, wire_error *err) noexcept nogil:
     """A tag the message's dispatch did not take: a known field with the wrong wire type is an
     error, an unknown field is skipped (proto3 keeps parsing what newer peers add)."""
     cdef uint32_t field = tag >> 3
     if field < 64 and (known >> field) & 1:
-        return rd_fail(r, WIRE_WRONG_TYPE)
-    return rd_skip(r, tag & 7)
+        return wire_fail(err, WIRE_WRONG_TYPE, p - varint_size(tag))  # at the tag
+    return skip_value(p, end, tag & 7, err)

@@ -12,6 +12,8 @@ from tapio.flags import ConfigError
 from tapio._fast.codec import BatchEncoder
 from tapio.collector.clock import boot_to_wall_ns
 from tapio.collector.ebpf_source import EbpfSource
+from tapio.collector.enrichment import Enrichment
+from tapio.collector.processor import DualPathProcessor, ProcessorConfig
 from tapio.collector.pump import Pump
 from tapio.v1 import stream_pb2
 
@@ -71,14 +73,34 @@ async def _open_source(args):
     return await EbpfSource.start(args.events, args.ring_buffer_size)
 
 
+def processor_config(args):
+    return ProcessorConfig(
+        raw_buffer_size=args.buffer_size, semantic_buffer_size=args.buffer_size,
+        worker_count=args.worker_count, batch_size=args.batch_size,
+        flush_interval=args.flush_interval,
+        enable_raw_path=args.correlation in ("raw", "both"),
+        enable_semantic_path=args.correlation in ("semantic", "both"),
+        tapio_server_addr=",".join(args.server or []),
+        semantic_batch_size=args.semantic_batch_size, max_memory_usage=args.max_memory,
+        metrics_interval=args.metrics_interval, exclude_comms=tuple(args.exclude_comm),
+        include_cgroups=tuple(args.include_cgroup))
+
+
 async def _main(args):
+    config = processor_config(args)
+    enrichment = None
+    if config.enable_semantic_path:
+        enrichment = Enrichment(args.node_name, args.enable_k8s, args.kubeconfig, args.enable_systemd)
+        await trio.to_thread.run_sync(enrichment.start)
+    processor = DualPathProcessor(config, enrichment)
     source = await _open_source(args)
     sink = _make_sink(args, source.event_types)
     encoder = BatchEncoder(args.collector_id, args.node_name, boot_to_wall_ns())
     streaming = hasattr(sink, "run")
     # new batch ids follow the wall clock (in microseconds) and whatever the spool gave back
     first_batch_id = max(time.time_ns() // 1000, sink.buffer.last_id() + 1) if streaming else 1
-    pump = Pump(source, sink, encoder, args.batch_size, args.flush_interval, first_batch_id)
+    pump = Pump(source, sink, encoder, processor, config.buffer_size, config.flush_interval,
+                first_batch_id)
     if streaming:
         sink.on_configure = pump.configure
         log.info("eBPF collector enabled with gRPC connection to %s", ",".join(args.server))
@@ -96,6 +118,8 @@ async def _main(args):
     finally:
         source.close()
         sink.close()
+        if enrichment is not None:
+            enrichment.close()
     stats = pump.stats
     print(f"tapio-collector: {stats.events} events seen, {stats.kernel_drops} dropped in the kernel"
           + (f", {sink.stats.events_sent} delivered, {sink.buffer.dropped_events} dropped from the "

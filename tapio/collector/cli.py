@@ -37,6 +37,10 @@ def parse_events(text):
     return names
 
 
+def comma_list(text):
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
 def parse_servers(text):
     servers = [s.strip() for s in str(text).split(",") if s.strip()]
     for server in servers:
@@ -72,10 +76,27 @@ examples:
            help="event types: all or a list of exec,exit,tcp,tcp_connect,tcp_accept,tcp_close,oom,signal")
     p.flag("--ring-buffer-size", type=parse_size, default="8MiB", metavar="SIZE",
            help="kernel ring buffer (a power of two)")
-    p.flag("--batch-size", type=positive(int), default=512, metavar="N",
-           help="most events per batch")
-    p.flag("--flush-interval", type=non_negative(parse_duration), default="100ms", metavar="DURATION",
+    p.flag("--correlation", type=choice("semantic", "raw", "both"), default="semantic",
+           help="semantic: enriched, filtered, collapsed, prioritised; raw: every event as the "
+                "kernel reported it; both")
+    p.flag("--buffer-size", type=positive(int), default=5000, metavar="N",
+           help="events taken from the kernel per processing round")
+    p.flag("--batch-size", type=positive(int), default=100, metavar="N",
+           help="most events per raw batch")
+    p.flag("--semantic-batch-size", type=positive(int), default=50, metavar="N",
+           help="most events per semantic batch")
+    p.flag("--flush-interval", type=non_negative(parse_duration), default="1s", metavar="DURATION",
            help="longest time an event waits for its batch while one is in flight")
+    p.flag("--worker-count", type=positive(int), default=4, metavar="N",
+           help="accepted for compatibility with the original; per-event work is C in one thread")
+    p.flag("--exclude-comm", type=comma_list, default="", metavar="COMM[,COMM...]",
+           help="semantic path: drop events of these commands (as in /proc/PID/comm)")
+    p.flag("--include-cgroup", type=comma_list, default="", metavar="PREFIX[,PREFIX...]",
+           help="semantic path: keep only events from cgroups under these paths (e.g. /kubepods.slice)")
+    p.switch("--enable-k8s", help="pod name, namespace, labels, container name and image from the "
+                                  "Kubernetes API (a watch of this node's pods)")
+    p.flag("--kubeconfig", metavar="PATH", help="kubeconfig for --enable-k8s (default: in-cluster)")
+    p.switch("--enable-systemd", default=True, help="the systemd unit of each event, and unit restarts")
     p.flag("--max-memory", type=positive(parse_size), default="64MiB", metavar="SIZE",
            help="bound of the unacked-batch buffer")
     p.flag("--overflow", type=choice("drop-oldest", "drop-newest"), default="drop-oldest",

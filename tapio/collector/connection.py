@@ -100,8 +100,8 @@ class ConnectionManager:
         """Nothing unacked: a new batch may go out at once (low latency at low load)."""
         return len(self.buffer) == 0
 
-    async def submit(self, batch_id, data, events):
-        self.buffer.add(batch_id, data, events)
+    async def submit(self, batch_id, data, events, priority=False):
+        self.buffer.add(batch_id, data, events, priority)
         self._wake.set()
 
     def take_buffer_drops(self):

@@ -2,7 +2,8 @@
 
 Bounded in bytes (--max-memory). When a new batch does not fit, the overflow policy decides:
 drop-oldest (the default: recent events matter most) or drop-newest; every dropped event is
-counted. After a reconnect everything still here is sent again, in order; the server drops the
+counted. Priority batches (OOM kills, fatal signals, failed exits) are sent before routine ones
+and dropped only when nothing routine is left to drop. After a reconnect everything still here is sent again, in order; the server drops the
 duplicates by batch id, so the server counts each batch once.
 """
 import collections
@@ -10,12 +11,13 @@ import time
 
 
 class Pending:
-    __slots__ = ("batch_id", "data", "events", "sent_at")
+    __slots__ = ("batch_id", "data", "events", "priority", "sent_at")
 
-    def __init__(self, batch_id, data, events):
+    def __init__(self, batch_id, data, events, priority=False):
         self.batch_id = batch_id
         self.data = data
         self.events = events
+        self.priority = priority
         self.sent_at = None          # monotonic time of the latest send, None when not sent yet
 
 
@@ -35,19 +37,23 @@ class DeliveryBuffer:
     def __len__(self):
         return len(self._pending)
 
-    def add(self, batch_id, data, events):
+    def add(self, batch_id, data, events, priority=False):
         """Keep a new batch. Returns it, or None when the policy dropped it."""
         size = len(data)
-        if size > self.max_bytes or (self.overflow == "drop-newest" and self.bytes + size > self.max_bytes):
+        if size > self.max_bytes:
             self._drop(events)
             return None
-        while self._pending and self.bytes + size > self.max_bytes:
-            _, oldest = self._pending.popitem(last=False)
-            self.bytes -= len(oldest.data)
-            self._drop(oldest.events)
+        while self.bytes + size > self.max_bytes:
+            victim = self._victim(priority)
+            if victim is None:
+                self._drop(events)
+                return None
+            del self._pending[victim.batch_id]
+            self.bytes -= len(victim.data)
+            self._drop(victim.events)
             if self.spool is not None:
-                self.spool.ack(oldest.batch_id)
-        item = self._pending[batch_id] = Pending(batch_id, data, events)
+                self.spool.ack(victim.batch_id)
+        item = self._pending[batch_id] = Pending(batch_id, data, events, priority)
         self.bytes += size
         if self.spool is not None:
             self.spool.append(batch_id, data, events)
@@ -66,6 +72,22 @@ class DeliveryBuffer:
                 if batch_id not in self._pending:     # did not fit: gone from disk too
                     spool.ack(batch_id)
 
+    def _victim(self, incoming_priority):
+        """Which held batch makes room for a new one (None: drop the new one instead)."""
+        if self.overflow == "drop-newest":
+            if not incoming_priority:
+                return None
+            candidates = reversed(self._pending.values())     # newest routine first
+        else:
+            candidates = iter(self._pending.values())         # oldest routine first
+        for p in candidates:
+            if not p.priority:
+                return p
+        # only priority batches are held: the oldest one goes for a new priority batch
+        if incoming_priority and self._pending:
+            return next(iter(self._pending.values()))
+        return None
+
     def _drop(self, events):
         self.dropped_events += events
         self.dropped_batches += 1
@@ -81,8 +103,9 @@ class DeliveryBuffer:
         return item
 
     def unsent(self):
-        """Batches not sent on the current stream, oldest first."""
-        return [p for p in self._pending.values() if p.sent_at is None]
+        """Batches not sent on the current stream: priority ones first, each kind oldest first."""
+        waiting = [p for p in self._pending.values() if p.sent_at is None]
+        return [p for p in waiting if p.priority] + [p for p in waiting if not p.priority]
 
     def forget_sends(self):
         """A stream ended: everything unacked must be sent again on the next one."""

@@ -18,7 +18,7 @@ class JsonLinesSink:
     def take_buffer_drops(self):
         return 0        # nothing is buffered
 
-    async def submit(self, batch_id, data, count):
+    async def submit(self, batch_id, data, count, priority=False):
         self._file.write(DecodedBatch.parse(data).to_json_lines())
         self._file.flush()
 

@@ -25,12 +25,13 @@ class PumpStats:
 
 
 class Pump:
-    def __init__(self, source, sink, encoder, batch_size, flush_interval, first_batch_id=None,
-                 idle_poll=1.0):
+    def __init__(self, source, sink, encoder, processor, buffer_size, flush_interval,
+                 first_batch_id=None, idle_poll=1.0):
         self.source = source
         self.sink = sink
         self.encoder = encoder
-        self.arena = EventArena(batch_size)
+        self.processor = processor
+        self.arena = EventArena(buffer_size)
         self.flush_interval = flush_interval
         self.idle_poll = idle_poll
         self.stats = PumpStats()
@@ -81,23 +82,32 @@ class Pump:
                 return
 
     def configure(self, batch_size=None, flush_interval=None):
-        """Apply a server's StreamControl CONFIGURE (bounded by the arena's capacity)."""
+        """Apply a server's StreamControl CONFIGURE: the most events per batch, on both paths,
+        and the flush interval."""
+        config = self.processor.config
         if batch_size:
-            self.arena.limit = max(1, min(batch_size, self.arena.capacity))
+            config.batch_size = config.semantic_batch_size = batch_size
         if flush_interval is not None:
             self.flush_interval = flush_interval
-        log.info("Batching set to %d events / %gs", self.arena.limit, self.flush_interval)
+        log.info("Server set batching to %d events / %gs", config.batch_size, self.flush_interval)
 
     async def _flush(self):
         n = len(self.arena)
-        self._batch_id += 1
-        first_seq = self.stats.events - n + 1
-        drops = self.source.kernel_drops_since_last()
-        self.stats.kernel_drops += drops
+        first_seq = self.stats.events - n + 1      # event ids are ebpf-<first_seq + slot>
+        kernel_drops = self.source.kernel_drops_since_last()
+        buffer_drops = self.sink.take_buffer_drops()
+        self.stats.kernel_drops += kernel_drops
         self.encoder.boot_to_wall_ns = boot_to_wall_ns()
-        data = self.encoder.encode(self.arena, self._batch_id, first_seq, kernel_drops=drops,
-                                   buffer_drops=self.sink.take_buffer_drops())
+        for plan in self.processor.plans(self.arena):
+            self._batch_id += 1
+            # the processor filters and collapses by design, but never drops for lack of room:
+            # its drop count stays 0
+            data = self.encoder.encode(self.arena, self._batch_id, first_seq, path=plan.path,
+                                       order=plan.order, kernel_drops=kernel_drops,
+                                       buffer_drops=buffer_drops)
+            kernel_drops = buffer_drops = 0          # reported once, in the first batch
+            self.stats.batches += 1
+            await self.sink.submit(self._batch_id, data, n if plan.order is None else len(plan.order),
+                                   plan.priority)
         self.arena.clear()
-        self.stats.batches += 1
         self.stats.last_event_id = f"ebpf-{first_seq + n - 1}"
-        await self.sink.submit(self._batch_id, data, n)

@@ -1,0 +1,156 @@
+"""The dual-path processor: what each batch of kernel events becomes on the wire.
+
+- Raw path: every event, unenriched, straight from the arena to the codec.
+- Semantic path: filtered, enriched (container, pod, unit, process), identical repeats
+  collapsed, priority events (OOM kills, fatal signals, failed exits) first and in their own
+  batch, which the delivery buffer sends first and drops last.
+Both can run at once (`--correlation both`); every batch says which path it came from.
+
+`ProcessorConfig` keeps the original Tapio's names and defaults; how each maps onto this design:
+
+| original              | default | here                                                           |
+|-----------------------|---------|----------------------------------------------------------------|
+| raw_buffer_size       | 10000   | events read from the kernel per round when only raw runs       |
+| semantic_buffer_size  | 5000    | the same when the semantic path runs (`--buffer-size` sets both)|
+| worker_count          | 4       | no effect: per-event work is C in one thread (kept so configs   |
+|                       |         | written for the original still load)                            |
+| batch_size            | 100     | most events per raw batch (`--batch-size`)                      |
+| semantic_batch_size   | 50      | most events per semantic batch (`--semantic-batch-size`)        |
+| flush_interval        | 1s      | `--flush-interval` (adaptive: idle streams send at once)        |
+| enable_raw_path       | False   | `--correlation raw|both`                                        |
+| enable_semantic_path  | True    | `--correlation semantic|both`                                   |
+| tapio_server_addr     |         | `--server`                                                      |
+| max_memory_usage      | 512 MiB | bound of the unacked-batch buffer (`--max-memory`, 64 MiB here) |
+| metrics_interval      | 30s     | `--metrics-interval`                                            |
+"""
+import array
+import dataclasses
+import logging
+import os
+
+from tapio._fast.codec import encode_field
+from tapio._fast.semantic import SemanticProcessor
+
+log = logging.getLogger("tapio.collector.processor")
+
+PATH_RAW = 1          # tapio.v1.BatchPath
+PATH_SEMANTIC = 2
+
+
+@dataclasses.dataclass
+class ProcessorConfig:
+    raw_buffer_size: int = 10000
+    semantic_buffer_size: int = 5000
+    worker_count: int = 4
+    batch_size: int = 100
+    flush_interval: float = 1.0
+    enable_raw_path: bool = False
+    enable_semantic_path: bool = True
+    tapio_server_addr: str = ""
+    semantic_batch_size: int = 50
+    max_memory_usage: int = 512 << 20
+    metrics_interval: float = 30.0
+    exclude_comms: tuple = ()
+    include_cgroups: tuple = ()          # cgroup path prefixes; empty: every cgroup
+    collapse_repeats: bool = True
+
+    @property
+    def buffer_size(self):
+        """Events read from the kernel per round (the arena's capacity)."""
+        return self.semantic_buffer_size if self.enable_semantic_path else self.raw_buffer_size
+
+
+@dataclasses.dataclass
+class BatchPlan:
+    path: int
+    order: object          # slot indices (a uint32 memoryview), or None for every slot
+    priority: bool = False
+
+
+class DualPathProcessor:
+    def __init__(self, config, enrichment=None):
+        """enrichment: a tapio.collector.enrichment.Enrichment (or anything with its
+        contexts, processes, cgroup_paths and restarts attributes, each may be None)."""
+        self.config = config
+        self.contexts = getattr(enrichment, "contexts", None)
+        self.processes = getattr(enrichment, "processes", None)
+        self.cgroup_paths = getattr(enrichment, "cgroup_paths", None)
+        self.restarts = getattr(enrichment, "restarts", None)
+        self._all_slots = memoryview(array.array("I"))
+        self.semantic = None
+        if config.enable_semantic_path:
+            self.semantic = SemanticProcessor(
+                self._context_field, self._process_field, self._on_exec, self._on_exit,
+                exclude_comms=config.exclude_comms,
+                include_cgroup=self._included if config.include_cgroups else None,
+                self_pid=os.getpid(), collapse=config.collapse_repeats)
+            if enrichment is not None:
+                # contexts cached in C must be asked for again when pods appear (thread-safe:
+                # it only sets a flag that the next batch reads)
+                enrichment.on_pod_change(self.semantic.forget_contexts)
+
+    # -- what the C loop calls on a cache miss ------------------------------------------------
+    def _context_field(self, cgroup_id):
+        body = self.contexts.context_bytes(cgroup_id) if self.contexts else None
+        return encode_field(12, body) if body else None
+
+    def _process_field(self, pid):
+        body = self.processes.process_bytes(pid) if self.processes else None
+        return encode_field(13, body) if body else None
+
+    def _included(self, cgroup_id):
+        path = self.cgroup_paths.path(cgroup_id) if self.cgroup_paths else None
+        return path is not None and any(path.startswith(p) for p in self.config.include_cgroups)
+
+    def _unit(self, cgroup_id):
+        if self.restarts is None or self.contexts is None:
+            return ""
+        context = self.contexts.context(cgroup_id)
+        return context.systemd_unit if context is not None else ""
+
+    def _on_exec(self, pid, ppid, uid, filename, args, boot_ns, cgroup_id):
+        if self.processes is not None:
+            # the kernel's argv: NUL-terminated strings (the last may be cut short)
+            argv = args[:-1].split(b"\0") if args.endswith(b"\0") else args.split(b"\0")
+            self.processes.on_exec(pid, ppid, uid, filename, argv if args else [], boot_ns)
+        unit = self._unit(cgroup_id)
+        if unit and self.restarts.on_exec(unit, pid, boot_ns, ppid):
+            log.info("Unit %s restarted (%d restarts seen)", unit, self.restarts.restarts(unit))
+
+    def _on_exit(self, pid, cgroup_id, boot_ns):
+        unit = self._unit(cgroup_id)
+        if unit:
+            self.restarts.on_exit(unit, pid, boot_ns)
+        if self.processes is not None:
+            self.processes.on_exit(pid)
+
+    # -- per round ----------------------------------------------------------------------------
+    def plans(self, arena):
+        """The batches this arena's events become, in sending order. A generator: the caller
+        encodes each plan before asking for the next, so the raw batch is encoded before the
+        semantic pass annotates the arena's slots."""
+        if self.config.enable_raw_path:
+            n, size = len(arena), self.config.batch_size
+            if n <= size:
+                yield BatchPlan(PATH_RAW, None)
+            else:
+                all_slots = self._slots(n)
+                for start in range(0, n, size):
+                    yield BatchPlan(PATH_RAW, all_slots[start:start + size])
+        if self.semantic is not None:
+            order, n_priority = self.semantic.process(arena)
+            size = self.config.semantic_batch_size
+            if n_priority:
+                yield BatchPlan(PATH_SEMANTIC, order[:n_priority], priority=True)
+            routine = order[n_priority:]
+            for start in range(0, len(routine), size):
+                yield BatchPlan(PATH_SEMANTIC, routine[start:start + size])
+
+    def _slots(self, n):
+        """Slot indices 0..n-1, to cut a big raw round into batches."""
+        if len(self._all_slots) < n:
+            self._all_slots = memoryview(array.array("I", range(n)))
+        return self._all_slots[:n]
+
+    def stats(self):
+        return self.semantic.stats() if self.semantic is not None else {}
