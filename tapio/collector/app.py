@@ -1,5 +1,6 @@
 """The collector process: one trio.run owns the probes, the pump, the connection manager, the
 metrics log and signal handling."""
+import contextlib
 import logging
 import signal
 import sys
@@ -87,26 +88,35 @@ def processor_config(args):
 
 
 async def _main(args):
-    config = processor_config(args)
-    enrichment = None
-    if config.enable_semantic_path:
-        enrichment = Enrichment(args.node_name, args.enable_k8s, args.kubeconfig, args.enable_systemd)
-        await trio.to_thread.run_sync(enrichment.start)
-    processor = DualPathProcessor(config, enrichment)
-    source = await _open_source(args)
-    sink = _make_sink(args, source.event_types)
-    encoder = BatchEncoder(args.collector_id, args.node_name, boot_to_wall_ns())
-    streaming = hasattr(sink, "run")
-    # new batch ids follow the wall clock (in microseconds) and whatever the spool gave back
-    first_batch_id = max(time.time_ns() // 1000, sink.buffer.last_id() + 1) if streaming else 1
-    pump = Pump(source, sink, encoder, processor, config.buffer_size, config.flush_interval,
-                first_batch_id)
-    if streaming:
-        sink.on_configure = pump.configure
-        log.info("eBPF collector enabled with gRPC connection to %s", ",".join(args.server))
-    try:
+    # signals are caught from the start: a SIGTERM during start-up is a clean exit, not a kill
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        return await _collect(args, signals)
+
+
+async def _collect(args, signals):
+    with contextlib.ExitStack() as cleanup:       # closes what was opened, in reverse, always
+        config = processor_config(args)
+        enrichment = None
+        if config.enable_semantic_path:
+            enrichment = Enrichment(args.node_name, args.enable_k8s, args.kubeconfig, args.enable_systemd)
+            cleanup.callback(enrichment.close)
+            await trio.to_thread.run_sync(enrichment.start)
+        processor = DualPathProcessor(config, enrichment)
+        source = await _open_source(args)
+        cleanup.callback(source.close)
+        sink = _make_sink(args, source.event_types)
+        cleanup.callback(sink.close)
+        encoder = BatchEncoder(args.collector_id, args.node_name, boot_to_wall_ns())
+        streaming = hasattr(sink, "run")
+        # new batch ids follow the wall clock (in microseconds) and whatever the spool gave back
+        first_batch_id = max(time.time_ns() // 1000, sink.buffer.last_id() + 1) if streaming else 1
+        pump = Pump(source, sink, encoder, processor, config.buffer_size, config.flush_interval,
+                    first_batch_id)
+        if streaming:
+            sink.on_configure = pump.configure
+            log.info("eBPF collector enabled with gRPC connection to %s", ",".join(args.server))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signals, pump, nursery.cancel_scope)
+            nursery.start_soon(_stop_on_signals, signals, pump, nursery.cancel_scope)
             nursery.start_soon(_log_metrics, pump, sink, args.metrics_interval)
             if streaming:
                 nursery.start_soon(sink.run)
@@ -115,11 +125,6 @@ async def _main(args):
             if streaming and not await sink.wait_acked(args.shutdown_timeout):
                 log.warning("%d batches were not acked within %gs", len(sink.buffer), args.shutdown_timeout)
             nursery.cancel_scope.cancel()
-    finally:
-        source.close()
-        sink.close()
-        if enrichment is not None:
-            enrichment.close()
     stats = pump.stats
     print(f"tapio-collector: {stats.events} events seen, {stats.kernel_drops} dropped in the kernel"
           + (f", {sink.stats.events_sent} delivered, {sink.buffer.dropped_events} dropped from the "
@@ -138,14 +143,13 @@ async def _log_metrics(pump, sink, interval):
             log.info("Processed %d events, latest: %s", logged, pump.stats.last_event_id)
 
 
-async def _stop_on_signals(pump, scope):
+async def _stop_on_signals(signals, pump, scope):
     """First SIGINT/SIGTERM: stop reading the kernel, flush, wait for acks, exit.
-    A second SIGINT: exit now."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            if pump.stopping:
-                log.warning("second %s: exiting without flushing", signal.Signals(signum).name)
-                scope.cancel()
-                return
-            log.info("%s: detaching and flushing", signal.Signals(signum).name)
-            pump.stop()
+    A second one: exit now."""
+    async for signum in signals:
+        if pump.stopping:
+            log.warning("second %s: exiting without flushing", signal.Signals(signum).name)
+            scope.cancel()
+            return
+        log.info("%s: detaching and flushing", signal.Signals(signum).name)
+        pump.stop()
