@@ -43,7 +43,8 @@ class CollectorState:
         self.streams = 0                # open streams (normally 0 or 1)
         self.connections = 0            # streams opened over time
         self.connected_since = None
-        self.last_batch_id = 0          # highest accepted: lower or equal ids are duplicates
+        self.last_batch_id = 0          # highest accepted
+        self.seen = BatchIds()          # which ids were accepted: the rest are new
         self.batches = 0
         self.duplicates = 0
         self.events = 0
@@ -57,6 +58,31 @@ class CollectorState:
     @property
     def connected(self):
         return self.streams > 0
+
+
+class BatchIds:
+    """The batch ids accepted from one collector, to drop the ones sent again.
+
+    Collectors send priority batches ahead of older routine ones, so ids arrive out of order:
+    a high-water mark is not enough. The newest `window` ids are remembered exactly; an id
+    below all of them (older than the window) counts as seen.
+    """
+
+    def __init__(self, window=65536):
+        self.window = window
+        self._ids = set()
+        self._floor = 0
+
+    def add(self, batch_id):
+        """Remember `batch_id`; False when it was seen before."""
+        if batch_id <= self._floor or batch_id in self._ids:
+            return False
+        self._ids.add(batch_id)
+        if len(self._ids) > self.window:
+            oldest = sorted(self._ids)[: self.window // 2]
+            self._ids.difference_update(oldest)
+            self._floor = oldest[-1]
+        return True
 
 
 class StreamSession:
@@ -176,7 +202,7 @@ class Ingest:
     def _accept(self, state, batch):
         n = len(batch)
         with self._lock:
-            if batch.batch_id and batch.batch_id <= state.last_batch_id:
+            if batch.batch_id and not state.seen.add(batch.batch_id):
                 state.duplicates += 1
                 self.duplicates += 1
                 return False
