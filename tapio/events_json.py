@@ -7,6 +7,7 @@ One compact object per line, built by `tapio._fast.codec.DecodedBatch.event_dict
      "cgroup_id":123,"comm":"sh",
      "count":3,                 only when > 1: identical repeats collapsed into this event
      "node":"host-a",           the batch's node name, when it has one
+     "collector":"host-a-collector", "batch":1764205323123456,   the batch it came in
      "context":{...},           where: the non-empty Context fields, labels as {"k":"v"}
      "process":{...},           who: executable, command_line, user, ancestors, start_time_ns
      "exec":{...}}              the details, keyed by their type's name

@@ -12,6 +12,10 @@ import pytest
 BIN = os.path.dirname(sys.executable)
 REQUIRE_EBPF = os.environ.get("TAPIO_REQUIRE_EBPF") == "1"
 
+# Processes the tests start serve no HTTP unless a test asks for it with --http-port: the default
+# ports (8080, 9091) would collide between processes running side by side.
+os.environ.setdefault("TAPIO_HTTP_PORT", "0")
+
 
 def require_ebpf():
     """Skip without the privilege real eBPF needs; under TAPIO_REQUIRE_EBPF=1, fail instead."""
@@ -45,6 +49,32 @@ def free_port():
         return s.getsockname()[1]
 
 
+def http_get(url, timeout=10.0):
+    """(status, headers, body bytes) of a GET; HTTP error statuses are returned, not raised."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, dict(e.headers), e.read()
+
+
+def http_json(url, timeout=10.0):
+    """(status, parsed JSON body) of a GET."""
+    status, _, body = http_get(url, timeout)
+    return status, json.loads(body)
+
+
+def _http_flags(http):
+    """--http-port for a test process: 0 (off), or a free port on 127.0.0.1 when `http`."""
+    if not http:
+        return None, ["--http-port", "0"]
+    port = free_port()
+    return f"http://127.0.0.1:{port}", ["--http-port", str(port), "--http-host", "127.0.0.1"]
+
+
 def read_json_lines(path):
     """Every complete JSON line of a file that another process may still be writing."""
     try:
@@ -73,10 +103,15 @@ class ManagedProcess:
             if text in self.log():
                 return True
             if self.proc.poll() is not None:
+                self.stop()
                 pytest.fail(f"process exited with {self.proc.returncode} before logging "
                             f"{text!r}:\n{self.log()}")
             return False
-        wait_until(seen, timeout, what=f"{text!r} in {self.log_path}")
+        try:
+            wait_until(seen, timeout, what=f"{text!r} in {self.log_path}")
+        except BaseException:
+            self.stop()          # never leave a process (or its log file) behind
+            raise
 
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
         """Signal the process, wait (bounded), kill it if it does not go. Returns the exit code."""
@@ -87,17 +122,19 @@ class ManagedProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         return self.proc.returncode
 
 
 class CollectorProcess(ManagedProcess):
     """`tapio-collector --enable-ebpf --output FILE [flags]`."""
 
-    def __init__(self, output, flags=(), env=None):
+    def __init__(self, output, flags=(), env=None, http=False):
         self.output = output
+        self.http_url, http_flags = _http_flags(http)
         argv = [os.path.join(BIN, "tapio-collector"), "--enable-ebpf", "--output", str(output),
-                *flags]
+                *http_flags, *flags]
         super().__init__(argv, str(output) + ".log", env)
 
     def wait_attached(self):
@@ -114,16 +151,19 @@ class CollectorProcess(ManagedProcess):
 class ServerProcess(ManagedProcess):
     """`tapio-server --host 127.0.0.1 --grpc-port PORT --events-out FILE [flags]`."""
 
-    def __init__(self, tmp_path, flags=(), port=None, env=None, name="server"):
+    def __init__(self, tmp_path, flags=(), port=None, env=None, name="server", http=False):
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.events_out = tmp_path / f"{name}-events.jsonl"
+        self.http_url, http_flags = _http_flags(http)
         argv = [os.path.join(BIN, "tapio-server"), "--host", "127.0.0.1", "--grpc-port", str(self.port),
-                "--events-out", str(self.events_out), *flags]
+                "--events-out", str(self.events_out), *http_flags, *flags]
         super().__init__(argv, str(tmp_path / f"{name}.log"), env)
 
     def wait_listening(self):
         self.wait_log("Tapio server listening")
+        if self.http_url:
+            self.wait_log("Dashboard on")
         return self
 
     def events(self):
@@ -136,7 +176,13 @@ class ServerProcess(ManagedProcess):
 class StreamingCollector(ManagedProcess):
     """`tapio-collector --server ADDRESS --enable-ebpf [flags]`."""
 
-    def __init__(self, tmp_path, servers, flags=(), env=None, name="collector"):
+    def __init__(self, tmp_path, servers, flags=(), env=None, name="collector", http=False):
+        self.http_url, http_flags = _http_flags(http)
         argv = [os.path.join(BIN, "tapio-collector"), "--enable-ebpf", "--server", servers,
-                "--flush-interval", "50ms", "--metrics-interval", "0", *flags]
+                "--flush-interval", "50ms", "--metrics-interval", "0", *http_flags, *flags]
         super().__init__(argv, str(tmp_path / f"{name}.log"), env)
+
+    def wait_http(self, timeout=30.0):
+        """Until the collector serves HTTP (after its probes are attached)."""
+        self.wait_log("HTTP on", timeout)
+        return self

@@ -20,7 +20,7 @@ def check_batch(data, batch):
     assert decoded.kind == "batch"
     assert {name: getattr(decoded, name) for name in batch_fields(batch)} == batch_fields(batch)
     assert len(decoded) == len(batch.events)
-    want = [expected_dict(e, batch.node_name) for e in batch.events]
+    want = [expected_dict(e, batch.node_name, batch.collector_id, batch.batch_id) for e in batch.events]
     assert [decoded.event_dict(i) for i in range(len(decoded))] == want
     assert [decoded.event_id(i) for i in range(len(decoded))] == [e.id for e in batch.events]
     assert decoded.type_counts() == Counter(d["type"] for d in want)

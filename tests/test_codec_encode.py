@@ -89,7 +89,7 @@ def test_round_trip_through_the_decoder(batch):
     assert len(decoded) == len(slots)
     for k, slot in enumerate(slots):
         repeat, ctx, proc = extras[slot]
-        want = expected_dict(expected_event(records[slot], 1 + slot, B2W, repeat, ctx, proc), "node-1")
+        want = expected_dict(expected_event(records[slot], 1 + slot, B2W, repeat, ctx, proc), "node-1", "collector-1", 9)
         assert decoded.event_dict(k) == want
 
 

@@ -208,7 +208,7 @@ def _signal_name(n):
     return signal.Signals(n).name if n in signal.Signals._value2member_map_ else None
 
 
-def expected_dict(e, node=""):
+def expected_dict(e, node="", collector="", batch_id=0):
     out = {"id": e.id, "type": _enum(TYPE_NAMES, e.type), "timestamp_ns": e.timestamp_ns,
            "time": _time(e.timestamp_ns), "pid": e.pid, "tid": e.tid, "ppid": e.ppid,
            "uid": e.uid, "gid": e.gid, "cgroup_id": e.cgroup_id, "comm": e.comm}
@@ -216,6 +216,10 @@ def expected_dict(e, node=""):
         out["count"] = e.count
     if node:
         out["node"] = node
+    if collector:
+        out["collector"] = collector
+    if batch_id:
+        out["batch"] = batch_id
     if e.HasField("context"):
         c = out["context"] = {}
         for f in events_pb2.Context.DESCRIPTOR.fields:

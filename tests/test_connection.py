@@ -241,3 +241,56 @@ def test_a_batch_bigger_than_the_whole_buffer_is_dropped_and_counted():
     buf = DeliveryBuffer(max_bytes=3)
     assert buf.add(1, b"xxxx", 7) is None
     assert buf.dropped_events == 7 and len(buf) == 0
+
+
+def test_a_batch_let_go_on_the_wire_counts_as_delivered_when_its_ack_comes():
+    buf = DeliveryBuffer(max_bytes=8)
+    buf.sent(buf.add(1, b"xxxx", 5), 1.0)   # on the wire
+    buf.sent(buf.add(2, b"xxxx", 5), 1.0)
+    buf.add(3, b"xxxx", 5)                   # only batches on the wire can make room
+    assert [p.batch_id for p in buf.items()] == [2, 3]
+    assert buf.dropped_events == 0 and buf.outstanding == 3
+    assert buf.ack(1).events == 5            # its ack came after all
+    assert buf.dropped_events == 0 and buf.outstanding == 2
+
+
+async def test_the_send_window_holds_batches_back_until_acks_come(autojump_clock):
+    transport = FakeTransport(up={"a:1"})
+    m = ConnectionManager(["a:1"], transport, DeliveryBuffer(max_bytes=100, window=8), lambda: b"hello")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(m.run)
+        await settle()
+        for i in range(1, 5):
+            await m.submit(i, b"1234", 1)
+        await settle()
+        stream = transport.streams[0]
+        assert stream.sent == [b"hello", b"1234", b"1234"]     # two fit the window
+        stream.respond(ack(1))
+        await settle()
+        assert len(stream.sent) == 4
+        nursery.cancel_scope.cancel()
+
+
+def test_a_batch_let_go_on_the_wire_is_lost_when_the_stream_ends_first():
+    buf = DeliveryBuffer(max_bytes=8)
+    buf.sent(buf.add(1, b"xxxx", 5), 1.0)
+    buf.sent(buf.add(2, b"xxxx", 5), 1.0)
+    buf.add(3, b"xxxx", 5)                   # lets batch 1 go while it is on the wire
+    assert buf.dropped_events == 0
+    buf.forget_sends()
+    assert buf.dropped_events == 5 and buf.take_dropped_since_batch() == 5
+    assert buf.ack(1) is None
+
+
+def test_priority_batches_are_sent_first_and_dropped_last():
+    buf = DeliveryBuffer(max_bytes=12)
+    buf.add(1, b"xxxx", 1)
+    buf.add(2, b"pppp", 1, priority=True)
+    buf.add(3, b"xxxx", 1)
+    assert [p.batch_id for p in buf.unsent()] == [2, 1, 3]
+    buf.add(4, b"pppp", 1, priority=True)    # full: the oldest routine batch goes
+    buf.add(5, b"pppp", 1, priority=True)    # and the next one
+    assert [p.batch_id for p in buf.items()] == [2, 4, 5]
+    buf.add(6, b"xxxx", 1)                   # a routine batch does not push out priority ones
+    assert [p.batch_id for p in buf.items()] == [2, 4, 5]
+    assert buf.dropped_events == 3

@@ -486,6 +486,10 @@ cdef dict record_dict(const tapio_batch *b, const tapio_record *rec):
         out["count"] = rec.count
     if b.node_name.len:
         out["node"] = text(b, b.node_name)
+    if b.collector_id.len:
+        out["collector"] = text(b, b.collector_id)
+    if b.batch_id:                   # with the collector: what the server de-duplicates by
+        out["batch"] = b.batch_id
     if rec.context:
         out["context"] = context_dict(b, record_context(b, rec))
     if rec.process:

@@ -7,6 +7,7 @@ that ends leaves its unacked batches to be sent again, in order, on the next one
 The transport (real: grpc_transport.GrpcTransport) is injected, so the state machine's timing
 (backoff, failover order, pause/resume) is tested on trio's fake clock.
 """
+import bisect
 import logging
 import math
 import time
@@ -35,6 +36,7 @@ class DeliveryStats:
         self.server = None
         self.events_sent = 0             # acked by a server
         self.batches_sent = 0
+        self.bytes_sent = 0              # wire bytes of every send, re-sends included
         self.batches_acked = 0
         self.duplicates_acked = 0        # batches a server already had
         self.reconnects = 0
@@ -56,20 +58,36 @@ class DeliveryStats:
 
 
 class LatencyWindow:
-    """Send -> ack latencies of the latest acks (bounded), for p50/p99."""
+    """Send -> ack latencies of the latest acks (bounded), for p50/p99; and every ack since the
+    start in histogram buckets (for Prometheus)."""
+
+    BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
     def __init__(self, size=1024):
         self.samples = []
         self.size = size
         self.total = 0
         self.sum = 0.0
+        self.bucket_counts = [0] * len(self.BUCKETS)   # per bucket, not cumulative; +Inf is total
 
     def add(self, seconds):
         self.total += 1
         self.sum += seconds
+        i = bisect.bisect_left(self.BUCKETS, seconds)
+        if i < len(self.BUCKETS):
+            self.bucket_counts[i] += 1
         if len(self.samples) >= self.size:
             self.samples.pop(0)
         self.samples.append(seconds)
+
+    def cumulative_buckets(self):
+        """[(upper bound in seconds, acks at or below it), ..., (inf, every ack)]."""
+        out, running = [], 0
+        for bound, count in zip(self.BUCKETS, self.bucket_counts):
+            running += count
+            out.append((bound, running))
+        out.append((math.inf, self.total))
+        return out
 
     def summary_ms(self):
         if not self.samples:
@@ -98,7 +116,7 @@ class ConnectionManager:
     # -- the pump's sink ---------------------------------------------------------------------
     def idle(self):
         """Nothing unacked: a new batch may go out at once (low latency at low load)."""
-        return len(self.buffer) == 0
+        return self.buffer.outstanding == 0
 
     async def submit(self, batch_id, data, events, priority=False):
         self.buffer.add(batch_id, data, events, priority)
@@ -173,9 +191,12 @@ class ConnectionManager:
             if self.stats.paused:
                 continue
             for pending in self.buffer.unsent():
+                if not self.buffer.can_send(pending):
+                    break           # the window is full: acks wake us again
                 stream.send(pending.data)
-                pending.sent_at = time.monotonic()
+                self.buffer.sent(pending, time.monotonic())
                 self.stats.batches_sent += 1
+                self.stats.bytes_sent += len(pending.data)
                 self.stats.last_sent = time.time()
 
     async def _probe_first_server(self, scope):
@@ -198,6 +219,7 @@ class ConnectionManager:
     def _on_ack(self, ack):
         pending = self.buffer.ack(ack.batch_id)
         self.stats.last_ack = time.time()
+        self._wake.set()            # the window has room again
         if pending is None:
             return          # dropped by the overflow policy meanwhile, or acked before
         self.stats.batches_acked += 1
@@ -231,6 +253,6 @@ class ConnectionManager:
     async def wait_acked(self, timeout):
         """On shutdown: wait (bounded) until every batch is acked; True when all were."""
         with trio.move_on_after(timeout):
-            while len(self.buffer):
+            while self.buffer.outstanding:
                 await trio.sleep(0.01)
-        return len(self.buffer) == 0
+        return self.buffer.outstanding == 0

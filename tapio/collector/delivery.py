@@ -1,10 +1,17 @@
 """The unacked-batch buffer: every batch stays here, in order, until the server acks it.
 
 Bounded in bytes (--max-memory). When a new batch does not fit, the overflow policy decides:
-drop-oldest (the default: recent events matter most) or drop-newest; every dropped event is
-counted. Priority batches (OOM kills, fatal signals, failed exits) are sent before routine ones
-and dropped only when nothing routine is left to drop. After a reconnect everything still here is sent again, in order; the server drops the
-duplicates by batch id, so the server counts each batch once.
+drop-oldest (the default: recent events matter most) or drop-newest. Priority batches (OOM
+kills, fatal signals, failed exits) are sent before routine ones and dropped only when nothing
+routine is left to drop. After a reconnect everything still here is sent again, in order; the
+server drops duplicates by batch id, so it counts each batch once.
+
+Sending is windowed: at most `window` bytes are on the wire (sent, not acked) at a time, so a
+slow server holds the rest here, where the bound applies, instead of in gRPC's queues.
+
+Every dropped event is counted, and only once it is surely lost. Unsent batches make room
+first. When only batches on the wire are left to go, one is let go: its ack may still come, and
+then its events count as delivered after all; if the stream ends first, they count as dropped.
 """
 import collections
 import time
@@ -22,12 +29,18 @@ class Pending:
 
 
 class DeliveryBuffer:
-    def __init__(self, max_bytes, overflow="drop-oldest", spool=None):
+    def __init__(self, max_bytes, overflow="drop-oldest", spool=None, window=None,
+                 max_unconfirmed=65536):
         if overflow not in ("drop-oldest", "drop-newest"):
             raise ValueError(f"unknown overflow policy {overflow!r}")
         self.max_bytes = max_bytes
+        self.window = window or max(1, min(max_bytes // 2, 8 << 20))
+        self.in_flight_bytes = 0
         self.overflow = overflow
         self._pending = collections.OrderedDict()   # batch_id -> Pending, in send order
+        # batches let go while on the wire: batch_id -> Pending without its bytes
+        self._unconfirmed = collections.OrderedDict()
+        self._max_unconfirmed = max_unconfirmed
         self.bytes = 0
         self.dropped_events = 0
         self.dropped_batches = 0
@@ -37,22 +50,23 @@ class DeliveryBuffer:
     def __len__(self):
         return len(self._pending)
 
+    @property
+    def outstanding(self):
+        """Batches whose fate is not known yet: held, or let go while on the wire."""
+        return len(self._pending) + len(self._unconfirmed)
+
     def add(self, batch_id, data, events, priority=False):
         """Keep a new batch. Returns it, or None when the policy dropped it."""
         size = len(data)
         if size > self.max_bytes:
-            self._drop(events)
+            self._lost(events)
             return None
         while self.bytes + size > self.max_bytes:
             victim = self._victim(priority)
             if victim is None:
-                self._drop(events)
+                self._lost(events)
                 return None
-            del self._pending[victim.batch_id]
-            self.bytes -= len(victim.data)
-            self._drop(victim.events)
-            if self.spool is not None:
-                self.spool.ack(victim.batch_id)
+            self._let_go(victim)
         item = self._pending[batch_id] = Pending(batch_id, data, events, priority)
         self.bytes += size
         if self.spool is not None:
@@ -74,33 +88,58 @@ class DeliveryBuffer:
 
     def _victim(self, incoming_priority):
         """Which held batch makes room for a new one (None: drop the new one instead)."""
+        held = list(self._pending.values())
+        unsent = [p for p in held if not p.priority and p.sent_at is None]
+        on_the_wire = [p for p in held if not p.priority and p.sent_at is not None]
         if self.overflow == "drop-newest":
             if not incoming_priority:
                 return None
-            candidates = reversed(self._pending.values())     # newest routine first
-        else:
-            candidates = iter(self._pending.values())         # oldest routine first
-        for p in candidates:
-            if not p.priority:
-                return p
+            unsent.reverse()
+        for candidates in (unsent, on_the_wire):
+            if candidates:
+                return candidates[0]
         # only priority batches are held: the oldest one goes for a new priority batch
-        if incoming_priority and self._pending:
-            return next(iter(self._pending.values()))
-        return None
+        return held[0] if incoming_priority and held else None
 
-    def _drop(self, events):
+    def can_send(self, pending):
+        """Whether the window has room for this batch (an empty window always does)."""
+        return self.in_flight_bytes == 0 or self.in_flight_bytes + len(pending.data) <= self.window
+
+    def sent(self, pending, now):
+        pending.sent_at = now
+        self.in_flight_bytes += len(pending.data)
+
+    def _let_go(self, pending):
+        del self._pending[pending.batch_id]
+        self.bytes -= len(pending.data)
+        if self.spool is not None:
+            self.spool.ack(pending.batch_id)
+        if pending.sent_at is None:
+            self._lost(pending.events)
+            return
+        self.in_flight_bytes -= len(pending.data)
+        pending.data = b""
+        self._unconfirmed[pending.batch_id] = pending
+        if len(self._unconfirmed) > self._max_unconfirmed:
+            _, oldest = self._unconfirmed.popitem(last=False)
+            self._lost(oldest.events)
+
+    def _lost(self, events):
         self.dropped_events += events
         self.dropped_batches += 1
         self._dropped_since_batch += events
 
     def ack(self, batch_id):
-        """Forget an acked batch; returns it (None when it was dropped or acked before)."""
+        """Forget an acked batch; returns it (None when unknown: acked before, or lost)."""
         item = self._pending.pop(batch_id, None)
         if item is not None:
             self.bytes -= len(item.data)
+            if item.sent_at is not None:
+                self.in_flight_bytes -= len(item.data)
             if self.spool is not None:
                 self.spool.ack(batch_id)
-        return item
+            return item
+        return self._unconfirmed.pop(batch_id, None)
 
     def unsent(self):
         """Batches not sent on the current stream: priority ones first, each kind oldest first."""
@@ -108,12 +147,16 @@ class DeliveryBuffer:
         return [p for p in waiting if p.priority] + [p for p in waiting if not p.priority]
 
     def forget_sends(self):
-        """A stream ended: everything unacked must be sent again on the next one."""
+        """A stream ended: what is held must be sent again; what was let go is lost."""
         for p in self._pending.values():
             p.sent_at = None
+        self.in_flight_bytes = 0
+        for p in self._unconfirmed.values():
+            self._lost(p.events)
+        self._unconfirmed.clear()
 
     def in_flight(self):
-        return sum(1 for p in self._pending.values() if p.sent_at is not None)
+        return sum(1 for p in self._pending.values() if p.sent_at is not None) + len(self._unconfirmed)
 
     def oldest_age(self, now=None):
         if not self._pending:

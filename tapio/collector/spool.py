@@ -220,3 +220,9 @@ class Spool:
                 os.fsync(f.fileno())
                 f.close()
         self._file = self._acks = None
+        # nothing left to send: leave an empty spool behind
+        if self.segments and not any(s.events for s in self.segments):
+            for segment in self.segments:
+                os.unlink(segment.path)
+            self.segments = []
+            os.unlink(self._ack_path)

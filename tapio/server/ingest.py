@@ -9,8 +9,11 @@ PAUSE; below the low-water mark, every paused stream is told to RESUME. A collec
 PAUSE is held back by the full queue (its stream handler blocks, and gRPC flow control does the
 rest).
 """
+import json
 import logging
+import os
 import queue
+import re
 import threading
 import time
 
@@ -85,6 +88,29 @@ class BatchIds:
         return True
 
 
+_ARCHIVED_BATCH = re.compile(rb'"collector":("(?:[^"\\]|\\.)*"),"batch":(\d+)')
+
+
+def archived_batches(path, tail_bytes=64 << 20):
+    """{collector id: {batch ids}} of the batches in the tail of an --events-out archive.
+
+    The archive is written before a batch is acked, so it is the one place that knows, after a
+    crash, which batches were processed although their ack may never have left: a restarted
+    server recovers its duplicate detection from it, and batches a collector sends again are
+    not counted twice."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - tail_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return {}
+    seen = {}
+    for m in _ARCHIVED_BATCH.finditer(data):
+        seen.setdefault(json.loads(m.group(1)), set()).add(int(m.group(2)))
+    return seen
+
+
 class StreamSession:
     """One open StreamEvents call: where its responses go, and whether it is paused."""
 
@@ -112,11 +138,25 @@ class Ingest:
         self._high = max(1, queue_batches * 3 // 4)
         self._low = queue_batches // 4
         self._paused = set()
-        self._events_out = open(events_out, "ab") if events_out else None
+        self._events_out = None
+        if events_out:
+            self._recover_seen(events_out)
+            self._events_out = open(events_out, "ab")
         self._log_every = log_every
         self._logged_at = 0
         self._thread = threading.Thread(target=self._engine, name="ingest", daemon=True)
         self._thread.start()
+
+    def _recover_seen(self, path):
+        recovered = archived_batches(path)
+        for collector_id, ids in recovered.items():
+            state = self.collectors[collector_id] = CollectorState(collector_id)
+            for batch_id in sorted(ids):
+                state.seen.add(batch_id)
+            state.last_batch_id = max(ids)
+        if recovered:
+            log.info("Recovered %d batch ids of %d collectors from %s",
+                     sum(len(ids) for ids in recovered.values()), len(recovered), path)
 
     # -- called from stream handler threads ---------------------------------------------------
     def hello(self, session, collector_id, node_name, version):
