@@ -1,7 +1,7 @@
 """Delivery with faults injected into real processes: a server killed with -9 and restarted, a
 failover, a collector killed with -9 over a spool (then damaged), a slow server.
 
-The collector runs the synthetic source (`--source synthetic`): event n is `ebpf-<n>` with pid n,
+The collector runs the synthetic source (`--source synthetic`): event n is `ebpf-<n>`,
 so the test can count exactly which events arrived, and how often. `--correlation raw` keeps
 every event (the semantic path would filter and collapse by design)."""
 import collections

@@ -230,3 +230,32 @@ def test_without_capabilities_exits_2_with_a_hint(ebpf, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "needs root or CAP_BPF+CAP_PERFMON" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_flood_of_routine_events_leaves_room_for_fatal_signals(ebpf, tmp_path):
+    proc = CollectorProcess(tmp_path / "events.jsonl",
+                            ["--ring-buffer-size", "16384", "--events", "exec,exit,signal"])
+    victims = []
+    try:
+        proc.wait_attached()
+        victims = [subprocess.Popen(["sleep", "30"]) for _ in range(5)]
+        proc.proc.send_signal(signal.SIGSTOP)        # nobody reads the ring buffer meanwhile
+        try:
+            subprocess.run(["sh", "-c", "for i in $(seq 300); do /bin/true; done"], timeout=60)
+            for victim in victims:                   # the ring buffer is full of routine events
+                victim.kill()
+                victim.wait(10)
+        finally:
+            proc.proc.send_signal(signal.SIGCONT)
+        for victim in victims:
+            sig = proc.wait_for(by_pid(victim.pid, "signal"), what=f"the SIGKILL of {victim.pid}")[0]
+            assert sig["signal"]["signal_name"] == "SIGKILL"
+            exit_ = proc.wait_for(by_pid(victim.pid, "exit"), what=f"the exit of {victim.pid}")[0]
+            assert exit_["exit"]["signal"] == signal.SIGKILL
+    finally:
+        for victim in victims:
+            victim.kill()
+            victim.wait()
+        assert proc.stop() == 0, proc.log()
+    summary = [line for line in proc.log().splitlines() if "dropped in the kernel" in line][-1]
+    assert int(summary.split()[summary.split().index("dropped") - 1]) > 0, summary

@@ -2,8 +2,9 @@
 """Synthetic kernel events, written straight into the batch arena in the kernel's layout.
 
 `tapio-collector --source synthetic` uses them to load the same arena -> processor -> codec ->
-gRPC path as real eBPF does (benchmarks, demos on hosts without eBPF). Each event's pid is its
-sequence number, so a test can count exactly which events arrived.
+gRPC path as real eBPF does (benchmarks, demos on hosts without eBPF). Event n becomes ebpf-<n>
+on the wire, so a test can count exactly which events arrived. The mix is a busy node's: mostly
+connections, some process churn, a few signals; the events come from a pool of 997 processes.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
@@ -12,8 +13,8 @@ from libc.stdio cimport snprintf
 from tapio._fast.arena cimport EventArena, arena_t, arena_claim
 from tapio._fast.events cimport (
     tapio_event, tapio_header, tapio_exec, tapio_exit, tapio_tcp, tapio_signal,
-    TAPIO_EVENT_EXEC, TAPIO_EVENT_EXIT, TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_CLOSE,
-    TAPIO_EVENT_SIGNAL, TAPIO_TCP_ACTIVE,
+    TAPIO_EVENT_EXEC, TAPIO_EVENT_EXIT, TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_ACCEPT,
+    TAPIO_EVENT_TCP_CLOSE, TAPIO_EVENT_SIGNAL, TAPIO_TCP_ACTIVE, TAPIO_TCP_PASSIVE,
 )
 
 cdef extern from "time.h" nogil:
@@ -25,11 +26,15 @@ cdef extern from "time.h" nogil:
     enum:
         CLOCK_BOOTTIME
 
-# One cycle of the mix, by event type: process churn and connections, as on a busy node.
-cdef uint32_t MIX[10]
-MIX[:] = [TAPIO_EVENT_EXEC, TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_CLOSE, TAPIO_EVENT_EXIT,
-          TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_CLOSE, TAPIO_EVENT_EXEC, TAPIO_EVENT_EXIT,
-          TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_SIGNAL]
+# One cycle of the mix (20 events): 35% connects, 20% accepts, 35% closes, 5% execs with their
+# exits, a signal now and then.
+cdef uint32_t MIX[20]
+MIX[:] = [TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_ACCEPT, TAPIO_EVENT_TCP_CLOSE,
+          TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_CLOSE, TAPIO_EVENT_EXEC, TAPIO_EVENT_TCP_ACCEPT,
+          TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_CLOSE, TAPIO_EVENT_TCP_CLOSE,
+          TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_ACCEPT, TAPIO_EVENT_TCP_CLOSE,
+          TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_EXIT, TAPIO_EVENT_TCP_CLOSE,
+          TAPIO_EVENT_TCP_ACCEPT, TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_CLOSE, TAPIO_EVENT_SIGNAL]
 
 
 cdef inline uint64_t boottime_ns() noexcept nogil:
@@ -42,8 +47,8 @@ cdef void fill_header(tapio_header *h, uint32_t type, uint64_t seq, uint64_t now
     h.timestamp_ns = now
     h.cgroup_id = 1 + seq % 7
     h.type = type
-    h.pid = <uint32_t>seq
-    h.tid = <uint32_t>seq
+    h.pid = <uint32_t>(100000 + seq % 997)
+    h.tid = h.pid
     h.ppid = 1
     h.uid = 1000
     h.gid = 1000
@@ -52,7 +57,7 @@ cdef void fill_header(tapio_header *h, uint32_t type, uint64_t seq, uint64_t now
 
 
 cdef void fill_event(tapio_event *e, uint64_t seq, uint64_t now) noexcept nogil:
-    cdef uint32_t type = MIX[seq % 10]
+    cdef uint32_t type = MIX[seq % 20]
     cdef int n
     fill_header(&e.hdr, type, seq, now)
     if type == TAPIO_EVENT_EXEC:
@@ -84,7 +89,7 @@ cdef void fill_event(tapio_event *e, uint64_t seq, uint64_t now) noexcept nogil:
         e.tcp.sport = <uint16_t>(32768 + seq % 28000)
         e.tcp.dport = 443
         e.tcp.family = 2
-        e.tcp.direction = TAPIO_TCP_ACTIVE
+        e.tcp.direction = TAPIO_TCP_PASSIVE if type == TAPIO_EVENT_TCP_ACCEPT else TAPIO_TCP_ACTIVE
         e.tcp.error = 0
         e.tcp.duration_ns = 250000
         e.tcp.bytes_sent = 512 if type == TAPIO_EVENT_TCP_CLOSE else 0

@@ -17,6 +17,7 @@ import re
 import threading
 import time
 
+from tapio._fast.codec import LatencyHistogram
 from tapio.v1 import stream_pb2
 
 log = logging.getLogger("tapio.server")
@@ -133,6 +134,7 @@ class Ingest:
         self.decode_errors = 0
         self.pauses = 0
         self.consumers = []                     # callables(batch, collector_state), engine thread
+        self.latency = LatencyHistogram()       # kernel timestamp -> processed here
         self.batch_delay = batch_delay          # test/demo knob: a deliberately slow server
         self._queue = queue.Queue(maxsize=queue_batches)
         self._high = max(1, queue_batches * 3 // 4)
@@ -259,6 +261,7 @@ class Ingest:
                 state.last_event_id = batch.event_id(n - 1)
             self.batches += 1
             self.events += n
+        self.latency.add_batch(batch, time.time_ns())
         if self._events_out is not None and n:
             self._events_out.write(batch.to_json_lines())
             self._events_out.flush()
