@@ -26,7 +26,7 @@ class PumpStats:
 
 class Pump:
     def __init__(self, source, sink, encoder, processor, buffer_size, flush_interval,
-                 first_batch_id=None, idle_poll=1.0):
+                 first_batch_id=None, idle_poll=1.0, read_coalesce=0.001):
         self.source = source
         self.sink = sink
         self.encoder = encoder
@@ -34,6 +34,7 @@ class Pump:
         self.arena = EventArena(buffer_size)
         self.flush_interval = flush_interval
         self.idle_poll = idle_poll
+        self.read_coalesce = read_coalesce
         self.stats = PumpStats()
         # Batch ids start from the wall clock in microseconds by default, so that a restarted
         # collector never reuses an id the server has seen (it drops those as duplicates).
@@ -68,6 +69,9 @@ class Pump:
             timeout = deadline - now if pending else self.idle_poll
             with trio.move_on_after(timeout) as self._wait_scope:
                 await self.source.wait()
+                # let events gather for a moment: one wake-up per event would cost more
+                # than the events themselves at moderate rates
+                await trio.sleep(self.read_coalesce)
             self._wait_scope = None
         await self.drain()
 
