@@ -232,3 +232,14 @@ def test_tls_mtls_and_tokens(tmp_path, pki, case):
     assert "guessed-token" not in server.log()
     if case == "wrong token":
         assert "Refused a stream" in server.log()
+
+
+def test_gzip_compression_end_to_end(tmp_path):
+    server = ServerProcess(tmp_path).wait_listening()
+    col = collector(tmp_path, server.address, "--rate", "2000", "--count", "2000", "--compression", "gzip")
+    try:
+        assert col.proc.wait(30) == 0, col.log()
+    finally:
+        col.stop()
+        server.stop()
+    assert len(ids_by_count(server.events())) == 2000

@@ -109,6 +109,7 @@ class ConnectionManager:
         self.probe_interval = probe_interval
         self.stats = DeliveryStats()
         self.on_configure = None              # (max_batch_size, flush_interval_s) -> None
+        self.on_idle = None                   # () -> None: the last outstanding batch was acked
         self._wake = trio.Event()
         self._stream = None
         self._closing = False
@@ -220,6 +221,8 @@ class ConnectionManager:
         pending = self.buffer.ack(ack.batch_id)
         self.stats.last_ack = time.time()
         self._wake.set()            # the window has room again
+        if self.buffer.outstanding == 0 and self.on_idle is not None:
+            self.on_idle()          # adaptive batching: what waits may go at once
         if pending is None:
             return          # dropped by the overflow policy meanwhile, or acked before
         self.stats.batches_acked += 1

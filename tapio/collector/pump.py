@@ -42,6 +42,11 @@ class Pump:
         self._stopping = False
         self._wait_scope = None
 
+    def wake(self):
+        """The sink became idle: events waiting for their batch may go now (safe from any task)."""
+        if len(self.arena) and self._wait_scope is not None:
+            self._wait_scope.cancel()
+
     @property
     def stopping(self):
         return self._stopping
