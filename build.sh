@@ -7,6 +7,7 @@
 #   ./build.sh test     the test suite (real eBPF: run as root)
 #   ./build.sh bench    the benchmarks (tables on stdout, JSON under benchmarks/results/)
 #   ./build.sh sdist    dist/tapio-<version>.tar.gz that builds offline with gcc and libbpf-dev
+#   ./build.sh bundle   dist/bundle/tapio-bundle-*.tar.gz (or into DIR: bundle DIR): for air-gapped hosts
 #   ./build.sh clean    remove build outputs
 set -euo pipefail
 
@@ -18,7 +19,8 @@ PYTHON=${PYTHON:-python3}
 BPF_OBJ=tapio/_fast/tapio.bpf.o
 
 APT_BUILD=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config gcc make)
-APT_TEST=(stress-ng iproute2)
+# prometheus and chromium: a real Prometheus scrapes /metrics, a headless browser loads the dashboard
+APT_TEST=(stress-ng iproute2 prometheus chromium)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 2; }
@@ -28,6 +30,8 @@ lock() {
     exec 9>"$ROOT/.build.lock"
     flock 9
 }
+
+INSTALLED=()     # what apt_install installed in this run
 
 apt_install() {
     local missing=()
@@ -40,6 +44,16 @@ apt_install() {
     [ "$(id -u)" -ne 0 ] && sudo=(sudo)
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    INSTALLED+=("${missing[@]}")
+}
+
+# Debian's prometheus package starts a service on :9090, tapio-server's gRPC port: the tests
+# run their own Prometheus, so a service this script brought in is stopped again.
+stop_prometheus_service() {
+    [[ " ${INSTALLED[*]} " == *" prometheus "* ]] || return 0
+    command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null || return 0
+    log "stopping the prometheus service Debian started (it takes port 9090)"
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
 }
 
 python_headers() {
@@ -129,6 +143,7 @@ interop_deps() {
 cmd_test() {
     cmd_build
     apt_install "${APT_TEST[@]}"
+    stop_prometheus_service
     interop_deps
     "$VENV/bin/pytest" -q "$@"
 }
@@ -138,7 +153,7 @@ cmd_bench() {
     apt_install "${APT_TEST[@]}"
     mkdir -p benchmarks/results
     local names=("$@")
-    [ ${#names[@]} -eq 0 ] && names=(codec ringbuf)
+    [ ${#names[@]} -eq 0 ] && names=(codec ringbuf e2e correlate)
     for b in "${names[@]}"; do
         [ -f "benchmarks/$b.py" ] || die "no benchmark named $b (benchmarks/*.py)"
         "$PY" "benchmarks/$b.py" --json "benchmarks/results/$b.json"
@@ -150,8 +165,40 @@ cmd_sdist() {
     lock
     rm -rf dist
     "$PY" -m build --sdist --no-isolation --outdir dist . >/dev/null
-    flock -u 9
     ls dist/tapio-*.tar.gz
+    flock -u 9
+}
+
+# dist/bundle/tapio-bundle-<version>-<python>-<platform>.tar.gz (or DIR/..., relative to the
+# checkout), for hosts without network: the sdist, a wheel of every runtime dependency for this
+# Python and platform, the BPF object, the systemd units and deploy/bundle/install.sh, which
+# installs them into a venv with pip --no-index.
+cmd_bundle() {
+    local out=${1:-dist/bundle}
+    cmd_build
+    lock
+    local version tag    # tag: this interpreter's wheel tags, "cp311 linux_x86_64"
+    version=$("$PY" -c 'import tapio; print(tapio.__version__)')
+    tag=$("$PY" -c 'import sys, sysconfig; print(f"cp{sys.version_info[0]}{sys.version_info[1]}", sysconfig.get_platform().replace("-", "_").replace(".", "_"))')
+    local name="tapio-bundle-$version-${tag/ /-}"
+    local stage="build/bundle/$name"
+    rm -rf build/bundle
+    mkdir -p "$stage/sdist" "$stage/wheels" "$stage/bpf" "$stage/systemd" "$out"
+    # the sdist of cmd_sdist, made straight into the bundle: dist/ is left as it is
+    "$PY" -m build --sdist --no-isolation --outdir "$stage/sdist" . >/dev/null
+    cp "$BPF_OBJ" "$stage/bpf/"
+    cp deploy/systemd/*.service "$stage/systemd/"
+    cp deploy/bundle/install.sh "$stage/"
+    cp requirements/runtime.txt "$stage/requirements.txt"
+    # install.sh builds the sdist without build isolation: the venv needs the build backend
+    grep -E '^(setuptools|wheel)\b' requirements/dev.txt >"$stage/build-requirements.txt"
+    log "collecting wheels for ${tag/ / on }"
+    "$PY" -m pip wheel -q --wheel-dir "$stage/wheels" -r "$stage/requirements.txt" -r "$stage/build-requirements.txt"
+    printf 'version=%s\npython=%s\nplatform=%s\n' "$version" "${tag% *}" "${tag#* }" >"$stage/BUNDLE-INFO"
+    (cd "$stage" && find . -type f ! -name SHA256SUMS -printf '%P\n' | sort | xargs sha256sum >SHA256SUMS)
+    tar -C build/bundle -czf "$out/$name.tar.gz" "$name"
+    flock -u 9
+    ls "$out/$name.tar.gz"
 }
 
 cmd_clean() {
@@ -159,13 +206,13 @@ cmd_clean() {
 }
 
 case "${1:-}" in
-    deps|build|run|test|bench|sdist|clean)
+    deps|build|run|test|bench|sdist|bundle|clean)
         step=$1
         shift
         "cmd_$step" "$@"
         ;;
     *)
-        echo "usage: ./build.sh {deps|build|run|test|bench|sdist|clean} [args]" >&2
+        echo "usage: ./build.sh {deps|build|run|test|bench|sdist|bundle|clean} [args]" >&2
         exit 2
         ;;
 esac

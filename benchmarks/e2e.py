@@ -54,7 +54,8 @@ def wait4(proc, timeout):
 def start_server(workdir, port):
     log = open(os.path.join(workdir, f"server-{port}.log"), "wb")
     proc = subprocess.Popen([os.path.join(BIN, "tapio-server"), "--host", "127.0.0.1",
-                             "--grpc-port", str(port), "--http-port", "0", "--ingest-queue", "1024"],
+                             "--grpc-port", str(port), "--http-port", "0", "--ingest-queue", "1024",
+                             "--db", ":memory:"],
                             stdout=subprocess.DEVNULL, stderr=log)
     path = log.name
     deadline = time.monotonic() + 30
@@ -66,6 +67,8 @@ def start_server(workdir, port):
 
 
 def stop_server(proc, path):
+    if proc.poll() is not None:
+        raise SystemExit(f"benchmark: tapio-server exited early:\n{open(path).read()[-2000:]}")
     proc.send_signal(signal.SIGTERM)
     cpu, rss = wait4(proc, 60)
     text = open(path).read()
@@ -147,7 +150,11 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         port = free_port()
         server = start_server(workdir, port)
-        acked, elapsed = baseline(port, seconds)
+        try:
+            acked, elapsed = baseline(port, seconds)
+        except BaseException:
+            server[0].kill()
+            raise
         base = stop_server(*server)
         base_rate = acked / elapsed
         results.append({"path": "baseline: one library message per event", "offered": "max",
@@ -159,7 +166,11 @@ def main():
                 count = rate * seconds
                 port = free_port()
                 server = start_server(workdir, port)
-                col = run_collector(workdir, port, path, rate, count)
+                try:
+                    col = run_collector(workdir, port, path, rate, count)
+                except BaseException:
+                    server[0].kill()             # a failed run leaves no server behind
+                    raise
                 srv = stop_server(*server)
                 per_s = col["delivered"] / col["seconds"] if col["seconds"] > 0 else 0
                 results.append({"path": path, "offered": rate, "delivered_per_s": round(per_s),

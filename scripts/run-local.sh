@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # `./build.sh run`: tapio-server and tapio-collector on this host, with embedded defaults.
-# Everything they write goes under ./run/ ; Ctrl-C stops both cleanly.
+# What they write goes under ./run/; new semantic groups are followed in the terminal;
+# Ctrl-C stops everything cleanly. Extra arguments go to tapio-server.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="$ROOT/.venv/bin"
 RUN="$ROOT/run"
 GRPC_PORT=${TAPIO_GRPC_PORT:-9090}
+HTTP_PORT=${TAPIO_HTTP_PORT:-8080}
 mkdir -p "$RUN"
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -13,35 +15,47 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
-"$BIN/tapio-server" --host 127.0.0.1 --grpc-port "$GRPC_PORT" --enable-reflection \
-    --events-out "$RUN/events.jsonl" "$@" 2>"$RUN/server.log" &
-server=$!
-"$BIN/tapio-collector" --server "127.0.0.1:$GRPC_PORT" --enable-ebpf 2>"$RUN/collector.log" &
-collector=$!
-
+pids=()
 stop() {
     trap - INT TERM
-    kill -TERM "$collector" 2>/dev/null || true
-    wait "$collector" 2>/dev/null || true
-    kill -TERM "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
+    # the follower first, then the collector (it flushes to the server), then the server
+    for pid in "${pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     echo
-    tail -n 1 "$RUN/collector.log" >&2 || true
-    tail -n 1 "$RUN/server.log" >&2 || true
+    grep -h "events seen" "$RUN/collector.log" | tail -n 1 >&2 || true
+    grep -h "Stopped after" "$RUN/server.log" | tail -n 1 >&2 || true
     exit 0
 }
 trap stop INT TERM
 
+"$BIN/tapio-server" --host 127.0.0.1 --grpc-port "$GRPC_PORT" --http-port "$HTTP_PORT" \
+    --enable-reflection --events-out "$RUN/events.jsonl" --db "$RUN/tapio.db" \
+    --trace-export "jsonl:$RUN/traces.jsonl" "$@" 2>"$RUN/server.log" &
+server=$!
+for _ in $(seq 100); do
+    grep -q "Tapio server listening" "$RUN/server.log" 2>/dev/null && break
+    kill -0 "$server" 2>/dev/null || { cat "$RUN/server.log" >&2; exit 2; }
+    sleep 0.1
+done
+
+"$BIN/tapio-collector" --server "127.0.0.1:$GRPC_PORT" --enable-ebpf --http-host 127.0.0.1 \
+    2>"$RUN/collector.log" &
+collector=$!
+pids=("$collector" "$server")
+
 cat <<MSG
 Tapio is running on this host.
-  gRPC server   127.0.0.1:$GRPC_PORT   (grpcurl -plaintext 127.0.0.1:$GRPC_PORT list)
-  events        $RUN/events.jsonl
+  dashboard     http://127.0.0.1:$HTTP_PORT/   (API: /api/v1/stats, /api/v1/groups, /metrics)
+  gRPC          127.0.0.1:$GRPC_PORT           (grpcurl -plaintext 127.0.0.1:$GRPC_PORT list)
+  collector     http://127.0.0.1:9091/api/v1/stats
+  files         $RUN/events.jsonl (every event), $RUN/traces.jsonl (traces), $RUN/tapio.db (groups)
   logs          $RUN/server.log, $RUN/collector.log
-Following new events (Ctrl-C stops both):
+New semantic groups follow (Ctrl-C stops everything):
 MSG
-tail -n 0 -F "$RUN/events.jsonl" 2>/dev/null &
-tailer=$!
-trap 'kill $tailer 2>/dev/null; stop' INT TERM
-wait "$collector"
-kill "$tailer" 2>/dev/null || true
+
+"$BIN/tapio-server" groups --follow --server "127.0.0.1:$GRPC_PORT" &
+pids=($! "${pids[@]}")
+wait "$collector" || true
 stop

@@ -49,12 +49,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def http_get(url, timeout=10.0):
-    """(status, headers, body bytes) of a GET; HTTP error statuses are returned, not raised."""
+def http_get(url, timeout=10.0, headers=None, method=None, data=None):
+    """(status, headers, body bytes) of a request (GET by default); HTTP error statuses are
+    returned, not raised."""
     import urllib.error
     import urllib.request
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as e:
         with e:
@@ -156,8 +158,10 @@ class ServerProcess(ManagedProcess):
         self.address = f"127.0.0.1:{self.port}"
         self.events_out = tmp_path / f"{name}-events.jsonl"
         self.http_url, http_flags = _http_flags(http)
+        # the groups database goes with the test too, unless the test names its own
+        db = [] if "--db" in flags else ["--db", str(tmp_path / f"{name}.db")]
         argv = [os.path.join(BIN, "tapio-server"), "--host", "127.0.0.1", "--grpc-port", str(self.port),
-                "--events-out", str(self.events_out), *http_flags, *flags]
+                "--events-out", str(self.events_out), *db, *http_flags, *flags]
         super().__init__(argv, str(tmp_path / f"{name}.log"), env)
 
     def wait_listening(self):

@@ -11,7 +11,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport errno as c_errno, ENOSPC
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy, memmove, strlen, strcmp
+from libc.string cimport memcpy, memmove, memset, strlen, strcmp
 
 from tapio._fast.libbpf cimport *
 from tapio._fast.events cimport (
@@ -20,6 +20,7 @@ from tapio._fast.events cimport (
     TAPIO_EVENT_TYPE_COUNT,
 )
 from tapio._fast.arena cimport EventArena, arena_t, arena_push, PUSH_FULL
+from posix.mman cimport mmap, munmap, PROT_READ, MAP_SHARED, MAP_FAILED
 
 cdef extern from "stdio.h" nogil:
     int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
@@ -254,6 +255,7 @@ cdef class KernelProbes:
 
     def _open_and_load(self, event_types, self_tgid, cgroup_allow, double routine_share):
         cdef tapio_config config
+        cdef bpf_object_open_opts opts
         cdef bpf_map *rodata
         cdef bpf_map *events_map
         cdef size_t rodata_size = 0
@@ -285,7 +287,14 @@ cdef class KernelProbes:
 
         _clear_libbpf_log()
         path = os.fsencode(self.object_path)
-        self.obj = bpf_object__open_file(path, NULL)
+        # Relocate against vmlinux BTF only: otherwise libbpf 1.1 also searches kernel modules'
+        # BTF for types it cannot find (a CO-RE variant for older kernels), and listing those
+        # needs CAP_SYS_ADMIN, which the collector's capability set (CAP_BPF+CAP_PERFMON) lacks.
+        memset(&opts, 0, sizeof(opts))
+        opts.sz = sizeof(opts)
+        btf_path = BTF_PATH.encode()
+        opts.btf_custom_path = btf_path
+        self.obj = bpf_object__open_file(path, &opts)
         if self.obj == NULL:
             raise _bpf_error(c_errno, f"cannot open BPF object {self.object_path}")
 
@@ -393,6 +402,31 @@ cdef class KernelProbes:
         finally:
             free(values)
         return drops
+
+    def ring_buffer_used(self):
+        """Bytes the kernel has written to the ring buffer that are not consumed yet: the
+        producer position minus the consumer position, read from the map's two control pages
+        (mapped read-only for the call; libbpf 1.1 has no API for them). For metrics."""
+        cdef bpf_map *events_map
+        cdef void *consumer
+        cdef void *producer
+        cdef size_t page = os.sysconf("SC_PAGE_SIZE")
+        cdef uint64_t used
+        cdef int fd
+        self._check_open()
+        events_map = bpf_object__find_map_by_name(self.obj, b"events")
+        fd = bpf_map__fd(events_map)
+        consumer = mmap(NULL, page, PROT_READ, MAP_SHARED, fd, 0)
+        if consumer == MAP_FAILED:
+            raise _bpf_error(c_errno, "cannot map the ring buffer's consumer position")
+        producer = mmap(NULL, page, PROT_READ, MAP_SHARED, fd, page)
+        if producer == MAP_FAILED:
+            munmap(consumer, page)
+            raise _bpf_error(c_errno, "cannot map the ring buffer's producer position")
+        used = (<unsigned long *>producer)[0] - (<unsigned long *>consumer)[0]
+        munmap(producer, page)
+        munmap(consumer, page)
+        return used
 
     def allow_cgroup(self, uint64_t cgroup_id):
         """Add a cgroup v2 id to the allow-list (only effective when started with cgroup_allow)."""

@@ -23,7 +23,8 @@ cdef extern from "bpf/libbpf.h" nogil:
     struct bpf_link:
         pass
     struct bpf_object_open_opts:
-        pass
+        size_t sz
+        const char *btf_custom_path
 
     bpf_object *bpf_object__open_file(const char *path, const bpf_object_open_opts *opts)
     int bpf_object__load(bpf_object *obj)

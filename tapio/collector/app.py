@@ -8,7 +8,7 @@ import time
 
 import trio
 
-from tapio import __version__
+from tapio import __version__, logs
 from tapio.flags import ConfigError
 from tapio._fast.codec import BatchEncoder
 from tapio.collector.clock import boot_to_wall_ns
@@ -111,11 +111,16 @@ async def _collect(args, signals):
         # new batch ids follow the wall clock (in microseconds) and whatever the spool gave back
         first_batch_id = max(time.time_ns() // 1000, sink.buffer.last_id() + 1) if streaming else 1
         pump = Pump(source, sink, encoder, processor, config.buffer_size, config.flush_interval,
-                    first_batch_id)
+                    first_batch_id, read_coalesce=args.read_coalesce)
         if streaming:
             sink.on_configure = pump.configure
+            sink.on_idle = pump.wake
             log.info("eBPF collector enabled with gRPC connection to %s", ",".join(args.server))
+        http = _http(args, pump, source, sink, processor)    # bound now: a taken port is one line
         async with trio.open_nursery() as nursery:
+            if http is not None:
+                url = await nursery.start(http.run)
+                log.info("HTTP on %s (/metrics, /healthz, /readyz, /api/v1/stats)", url)
             nursery.start_soon(_stop_on_signals, signals, pump, nursery.cancel_scope)
             nursery.start_soon(_log_metrics, pump, sink, args.metrics_interval)
             if streaming:
@@ -126,10 +131,25 @@ async def _collect(args, signals):
                 log.warning("%d batches were not acked within %gs", len(sink.buffer), args.shutdown_timeout)
             nursery.cancel_scope.cancel()
     stats = pump.stats
+    shaped = processor.stats()
     print(f"tapio-collector: {stats.events} events seen, {stats.kernel_drops} dropped in the kernel"
+          + (f", {shaped['filtered']} filtered, {shaped['collapsed']} collapsed into repeats"
+             if shaped else "")
           + (f", {sink.stats.events_sent} delivered, {sink.buffer.dropped_events} dropped from the "
              f"send buffer" if streaming else ""), file=sys.stderr)
     return 0
+
+
+def _http(args, pump, source, sink, processor):
+    """/healthz, /readyz, /metrics and /api/v1/stats (hypercorn), its socket bound; None with
+    --http-port 0."""
+    if not getattr(args, "http_port", 0):
+        return None
+    from tapio.collector.http_app import CollectorHttp, CollectorSurface
+    http = CollectorHttp(CollectorSurface(args, pump, source, sink, processor),
+                         args.http_host, args.http_port)
+    http.bind()
+    return http
 
 
 async def _log_metrics(pump, sink, interval):
@@ -141,6 +161,15 @@ async def _log_metrics(pump, sink, interval):
         if pump.stats.events != logged:
             logged = pump.stats.events
             log.info("Processed %d events, latest: %s", logged, pump.stats.last_event_id)
+        if hasattr(sink, "stats"):
+            # the original's GetStatistics(), one line per interval
+            stats = sink.stats.as_dict(sink.buffer)
+            log.info("Statistics", extra=logs.fields(
+                connected=stats["connected"], server=stats["server"], events_sent=stats["events_sent"],
+                events_dropped_kernel=pump.stats.kernel_drops,
+                events_dropped_buffer=stats["events_dropped_buffer"], reconnects=stats["reconnects"],
+                batches_acked=stats["batches_acked"], buffer_bytes=stats["buffer_bytes"],
+                send_latency_p99_ms=stats["send_latency_ms"]["p99"]))
 
 
 async def _stop_on_signals(signals, pump, scope):

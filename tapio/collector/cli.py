@@ -87,6 +87,8 @@ examples:
            help="most events per semantic batch")
     p.flag("--flush-interval", type=non_negative(parse_duration), default="1s", metavar="DURATION",
            help="longest time an event waits for its batch while one is in flight")
+    p.flag("--read-coalesce", type=non_negative(parse_duration), default="1ms", metavar="DURATION",
+           help="after the kernel signals events, let more gather this long before reading")
     p.flag("--worker-count", type=positive(int), default=4, metavar="N",
            help="accepted for compatibility with the original; per-event work is C in one thread")
     p.flag("--exclude-comm", type=comma_list, default="", metavar="COMM[,COMM...]",
@@ -118,6 +120,9 @@ examples:
            help="backoff ceiling growth per failed round")
     p.flag("--shutdown-timeout", type=non_negative(parse_duration), default="10s", metavar="DURATION",
            help="on SIGTERM, how long to wait for the server's acks")
+    p.flag("--http-port", type=port, default=9091, metavar="PORT",
+           help="HTTP port of /metrics, /healthz, /readyz and /api/v1/stats (0: no HTTP)")
+    p.flag("--http-host", default="0.0.0.0", metavar="ADDR", help="address HTTP listens on")
     p.flag("--metrics-interval", type=non_negative(parse_duration), default="30s", metavar="DURATION",
            help="how often to log statistics (0: never)")
     p.flag("--tls-ca", metavar="PEM", help="connect with TLS, trusting servers signed by this CA")

@@ -7,15 +7,23 @@ import grpc
 import trio
 
 from tapio.server.auth import TokenAuth
+from tapio.server.correlation import CorrelationEngine, load_config
 from tapio.server.grpc_server import GrpcServer
 from tapio.server.ingest import Ingest
 from tapio.server.service import TapioService
+from tapio.server.otel import TraceExporter
+from tapio.server.store import Store
+from tapio.server.subscribe import SERVICE as QUERY_SERVICE, QueryService
 
 log = logging.getLogger("tapio.server")
 
 
 def run(args):
     return trio.run(_main, args)
+
+
+def _ms(ns):
+    return "n/a" if ns is None else f"{ns / 1e6:.3f} ms"
 
 
 def _is_loopback(host):
@@ -39,35 +47,98 @@ def _credentials(args):
                                        require_client_auth=client_ca is not None)
 
 
+def _http(args, ingest, service, auth, store=None, exporter=None, engine=None):
+    """The dashboard, JSON API, /metrics, /healthz and /readyz (hypercorn), its socket bound;
+    None with --http-port 0."""
+    if not getattr(args, "http_port", 0):
+        return None
+    from tapio.server.http_app import ServerHttp, ServerSurface
+    host = args.http_host or args.host
+    surface = ServerSurface(ingest, service=service, store=store, exporter=exporter, auth=auth,
+                            engine=engine)
+    http = ServerHttp(surface, host, args.http_port)
+    http.bind()
+    if not _is_loopback(host):
+        log.warning("HTTP (dashboard, events, metrics) has no authentication and listens on %s: "
+                    "use --http-host 127.0.0.1 or a network policy where that matters", host)
+    return http
+
+
+def _correlation(args):
+    """The store (SQLite groups, recent events), the trace exporter, and the correlation engine
+    whose groups go to both."""
+    config = load_config(args.correlation_config)
+    store = Store(None if args.db in ("", ":memory:") else args.db, recent_events=args.recent_events,
+                  retention_s=args.db_retention, max_groups=args.db_max_groups,
+                  max_group_events=config.limits.max_group_events)
+    exporter = TraceExporter(args.trace_export, args.otlp_endpoint, queue_size=args.trace_queue)
+
+    def on_group(group, closed):
+        store.put_group(group)
+        if closed:
+            exporter.export(group)
+            log.info("Group %s %s: %s", group["kind"], group["id"][:12], group["summary"])
+
+    correlation = CorrelationEngine(config, on_group=on_group)
+    store.stats_sources["exporter"] = exporter.stats
+    store.stats_sources["correlation"] = correlation.stats
+    if exporter.enabled:
+        log.info("Exporting semantic groups as traces: %s%s", exporter.kind,
+                 f" to {args.otlp_endpoint}" if exporter.kind == "otlp" else "")
+    return store, exporter, correlation
+
+
 async def _main(args):
     auth = TokenAuth(args.auth_token_file) if args.auth_token_file else None
     credentials = _credentials(args)
     ingest = Ingest(events_out=args.events_out, queue_batches=args.ingest_queue,
                     batch_delay=args.debug_batch_delay)
     service = TapioService(ingest, authorize=auth)
+    store, exporter, correlation = _correlation(args)
+    ingest.consumers.append(store.add_batch)
+    ingest.consumers.append(correlation.consume)
+    query = QueryService(store, authorize=auth)
     server = GrpcServer(service, args.host, args.grpc_port, args.max_message_size,
-                        args.max_streams, args.enable_reflection, credentials)
+                        args.max_streams, args.enable_reflection, credentials,
+                        extra_services=[(query.handler(), QUERY_SERVICE)])
     if credentials is None and not _is_loopback(args.host):
         log.warning("gRPC listens in plain text on %s: use --tls-cert/--tls-key off loopback", args.host)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        server.start()
-        log.info("Tapio server listening on %s:%d (gRPC%s)", args.host, server.port,
-                 ", TLS" + (", client certificates required" if args.tls_client_ca else "")
-                 if credentials else "")
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                if auth is not None:
-                    auth.reload()
-                continue
-            log.info("%s: draining", signal.Signals(signum).name)
-            break
-    # stop taking batches, ack what is queued, then end every stream and stop listening
-    service.draining.set()
-    server.set_serving(False)
-    await trio.to_thread.run_sync(ingest.wait_idle, args.shutdown_grace)
-    service.end_all_streams("server shutting down: reconnect")
-    await trio.to_thread.run_sync(server.stop, args.shutdown_grace)
-    ingest.close()
-    log.info("Stopped after %d events in %d batches (%d duplicates, %d malformed)",
-             ingest.events, ingest.batches, ingest.duplicates, ingest.decode_errors)
+    # bound now: a taken port is one line and exit code 2
+    http = _http(args, ingest, service, auth, store, exporter, correlation)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            server.start()
+            log.info("Tapio server listening on %s:%d (gRPC%s)", args.host, server.port,
+                     ", TLS" + (", client certificates required" if args.tls_client_ca else "")
+                     if credentials else "")
+            if http is not None:
+                http.surface.grpc_address = f"{args.host}:{server.port}"
+                url = await nursery.start(http.run)
+                log.info("Dashboard on %s/ (JSON API /api/v1, /metrics, /healthz, /readyz)", url)
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    if auth is not None:
+                        auth.reload()
+                    continue
+                log.info("%s: draining", signal.Signals(signum).name)
+                break
+        # stop taking batches, ack what is queued, then end every stream and stop listening;
+        # HTTP answers until the end (/readyz: draining)
+        service.draining.set()
+        server.set_serving(False)
+        await trio.to_thread.run_sync(ingest.wait_idle, args.shutdown_grace)
+        service.end_all_streams("server shutting down: reconnect")
+        query.close()
+        await trio.to_thread.run_sync(server.stop, args.shutdown_grace)
+        ingest.close()
+        # close the groups still open (their last version is stored and exported)
+        await trio.to_thread.run_sync(correlation.close)
+        await trio.to_thread.run_sync(exporter.shutdown, args.shutdown_grace)
+        if http is not None:
+            http.stop()
+    store.close()                   # after HTTP has stopped: no request finds it closed
+    p50, p99 = (ingest.latency.percentile(q) for q in (0.5, 0.99))
+    log.info("Stopped after %d events in %d batches (%d duplicates, %d malformed); event latency "
+             "p50 %s p99 %s", ingest.events, ingest.batches, ingest.duplicates,
+             ingest.decode_errors, _ms(p50), _ms(p99))
     return 0

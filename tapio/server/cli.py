@@ -1,4 +1,5 @@
 """tapio-server: receives collectors' event streams over gRPC, correlates them, serves them."""
+import argparse
 import logging
 import sys
 
@@ -14,11 +15,18 @@ def build_parser():
 examples:
   tapio-server --grpc-port 9090 --enable-reflection
   tapio-server --grpc-port 9090 --host 127.0.0.1 --events-out events.jsonl
+  tapio-server --http-port 8080          dashboard on http://HOST:8080/, metrics on /metrics
+  tapio-server --trace-export otlp --otlp-endpoint otel-collector:4317 --db /var/lib/tapio/groups.db
+  tapio-server groups --follow            print new semantic groups of the server at localhost:9090
+  tapio-server events --follow --type exec,exit --comm '^sh$'
 """)
     p.add_argument("--version", action="version", version=f"tapio-server {__version__}")
     p.flag("--grpc-port", type=port, default=9090, metavar="PORT", help="gRPC port (0: any free port)")
     p.flag("--host", default="0.0.0.0", metavar="ADDR", help="address to listen on")
     p.switch("--enable-reflection", help="serve gRPC reflection (grpcurl list)")
+    p.flag("--http-port", type=port, default=8080, metavar="PORT",
+           help="HTTP port of the dashboard, /api/v1, /metrics, /healthz and /readyz (0: no HTTP)")
+    p.flag("--http-host", metavar="ADDR", help="address HTTP listens on (default: --host)")
     p.flag("--events-out", metavar="PATH", help="append every received event to PATH as a JSON line")
     p.flag("--max-message-size", type=parse_size, default="16MiB", metavar="SIZE",
            help="largest message accepted (larger: RESOURCE_EXHAUSTED)")
@@ -36,18 +44,51 @@ examples:
            help="mutual TLS: require client certificates signed by this CA")
     p.flag("--auth-token-file", metavar="PATH",
            help="accept only streams with one of these bearer tokens (one per line; SIGHUP reloads)")
+    p.flag("--correlation-config", metavar="PATH",
+           help="windows and thresholds of the correlation engine (TOML, see docs/correlation.md)")
+    p.flag("--db", default="tapio.db", metavar="PATH",
+           help="SQLite file that keeps semantic groups across restarts (:memory:: kept in memory only)")
+    p.flag("--db-retention", type=parse_duration, default="168h", metavar="DURATION",
+           help="groups that ended longer ago than this are removed")
+    p.flag("--db-max-groups", type=positive(int), default=100000, metavar="N",
+           help="groups kept at most (the oldest go first)")
+    p.flag("--recent-events", type=positive(int), default=10000, metavar="N",
+           help="recent events kept in memory per collector (queries, Subscribe backfill)")
+    p.flag("--trace-export", type=trace_export, default="none", metavar="EXPORTER",
+           help="semantic groups as OpenTelemetry traces: otlp, console, jsonl:PATH or none")
+    p.flag("--otlp-endpoint", default="localhost:4317", metavar="HOST:PORT",
+           help="OTLP/gRPC receiver (an OpenTelemetry Collector) of --trace-export otlp; "
+                "https://HOST:PORT for TLS")
+    p.flag("--trace-queue", type=positive(int), default=1024, metavar="GROUPS",
+           help="closed groups waiting for trace export; more are dropped (and counted)")
     p.flag("--log-format", type=choice("text", "json"), default="text", help="log format")
     p.flag("--log-level", type=choice(*logs.LEVELS), default="info", help="log level")
     return p
 
 
+def trace_export(text):
+    """otlp, console, none, or jsonl:PATH."""
+    value = str(text).strip()
+    if value in ("otlp", "console", "none") or (value.startswith("jsonl:") and len(value) > 6):
+        return value
+    raise argparse.ArgumentTypeError(f"{text!r} is not a trace exporter: use otlp, console, "
+                                     "jsonl:PATH or none")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("events", "groups"):
+        # tapio-server events|groups: follow a running server (tapio/cli_follow.py)
+        from tapio import cli_follow
+        return cli_follow.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
         parser.error("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    if args.http_port and args.http_port == args.grpc_port:
+        parser.error(f"--http-port and --grpc-port are both {args.grpc_port}: give HTTP another port")
     logs.setup(args.log_format, args.log_level)
     from tapio.server import app
     try:

@@ -22,7 +22,9 @@ KEEPALIVE_OPTIONS = [
 
 class GrpcServer:
     def __init__(self, service, host, port, max_message_bytes, max_streams, enable_reflection,
-                 credentials=None):
+                 credentials=None, extra_services=()):
+        # extra_services: (generic handler, full service name) pairs served next to
+        # TapioService (the query service: Subscribe, ListGroups, ...)
         self.health = health.HealthServicer()
         options = KEEPALIVE_OPTIONS + [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -32,14 +34,15 @@ class GrpcServer:
         # every collector stream holds one handler thread for its lifetime
         self.server = grpc.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=max_streams + 8, thread_name_prefix="grpc"),
-            handlers=[service.handler()], options=options, maximum_concurrent_rpcs=max_streams)
+            handlers=[service.handler()] + [h for h, _ in extra_services], options=options,
+            maximum_concurrent_rpcs=max_streams)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if enable_reflection:
             from grpc_reflection.v1alpha import reflection
-            from tapio.v1 import stream_pb2   # noqa: F401  (registers the descriptors)
+            from tapio.v1 import query_pb2, stream_pb2   # noqa: F401  (registers the descriptors)
             reflection.enable_server_reflection(
                 [SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME], self.server)
+                 *(name for _, name in extra_services), reflection.SERVICE_NAME], self.server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if credentials is None:
             self.port = self.server.add_insecure_port(address)

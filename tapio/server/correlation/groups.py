@@ -1,0 +1,213 @@
+"""A semantic group, and the words of its summary.
+
+A group is a dict when it leaves the engine (the store, Subscribe, the OTEL exporter and the HTTP
+API all read the same shape):
+
+    {"id": 32 hex digits, also the id of its trace,
+     "kind": process_tree | crash_loop | oom_kill | connectivity_degradation | fatal_signal,
+     "intent": what an operator does with it (memory_exhaustion_investigation, ...),
+     "severity": info | warning | error | critical, "confidence": 0..1,
+     "start_ns", "end_ns": wall clock of its first and last event,
+     "summary": one line for a human, "root_cause": what caused it, when it is known ("" if not),
+     "collector_id", "node", "trace_id",
+     "event_ids": the ids of its events (the first 1000),
+     "attributes": kind-specific facts, and the subject every kind names when it can: pid, comm,
+                   executable, container_id, container_name, pod_uid, pod_name, namespace,
+                   systemd_unit, pids; "processes": the processes for the trace's spans,
+     "status": open (still growing) | closed,
+     "events": the events in full (the first `max_group_events`), when asked for}
+"""
+import secrets
+import signal as _signal
+
+KINDS = {
+    "process_tree": "process_lifecycle",
+    "crash_loop": "service_reliability_incident",
+    "oom_kill": "memory_exhaustion_investigation",
+    "connectivity_degradation": "connectivity_degradation",
+    "fatal_signal": "process_crash_investigation",
+}
+SEVERITIES = ("info", "warning", "error", "critical")
+MAX_EVENT_IDS = 1000
+
+SUBJECT_KEYS = ("pid", "comm", "executable", "container_id", "container_name", "pod_uid",
+                "pod_name", "namespace", "systemd_unit")
+
+
+class Group:
+    """A group while the engine builds it."""
+
+    def __init__(self, kind, collector_id, node, start_ns, max_events=200):
+        self.id = secrets.token_hex(16)
+        self.kind = kind
+        self.intent = KINDS[kind]
+        self.severity = "info"
+        self.confidence = 1.0
+        self.start_ns = start_ns
+        self.end_ns = start_ns
+        self.summary = ""
+        self.root_cause = ""
+        self.collector_id = collector_id
+        self.node = node
+        self.status = "open"
+        self.attributes = {}
+        self.event_ids = []
+        self.events = []
+        self.events_total = 0
+        self._ids = set()
+        self.max_events = max_events
+
+    def add_event(self, event, event_id=None):
+        """Count an event in (a dict, or None with its id only); False when it was already in."""
+        eid = event["id"] if event is not None else event_id
+        if eid is not None:
+            if eid in self._ids:
+                return False
+            self._ids.add(eid)
+            if len(self.event_ids) < MAX_EVENT_IDS:
+                self.event_ids.append(eid)
+        self.events_total += 1
+        if event is not None:
+            if len(self.events) < self.max_events:
+                self.events.append(event)
+            ts = event.get("timestamp_ns") or 0
+            if ts:
+                self.start_ns = min(self.start_ns, ts) if self.start_ns else ts
+                self.end_ns = max(self.end_ns, ts)
+        return True
+
+    def has_event(self, event_id):
+        return event_id in self._ids
+
+    def span(self, start_ns, end_ns):
+        if start_ns:
+            self.start_ns = min(self.start_ns, start_ns) if self.start_ns else start_ns
+        if end_ns:
+            self.end_ns = max(self.end_ns, end_ns)
+
+    def set_subject(self, event=None, **facts):
+        """The subject's attributes from an event dict (pid, comm, process, context), then facts."""
+        attrs = self.attributes
+        if event is not None:
+            attrs.setdefault("pid", event.get("pid"))
+            attrs.setdefault("comm", event.get("comm"))
+            process = event.get("process") or {}
+            if process.get("executable"):
+                attrs.setdefault("executable", process["executable"])
+            elif event.get("exec", {}).get("filename"):
+                attrs.setdefault("executable", event["exec"]["filename"])
+            context = event.get("context") or {}
+            for key in ("container_id", "container_name", "pod_uid", "pod_name", "namespace",
+                        "systemd_unit", "image"):
+                if context.get(key):
+                    attrs.setdefault(key, context[key])
+        for key, value in facts.items():
+            if value not in (None, ""):
+                attrs[key] = value
+
+    def to_dict(self, with_events=True):
+        self.attributes["events_total"] = self.events_total
+        out = {
+            "id": self.id, "kind": self.kind, "intent": self.intent, "severity": self.severity,
+            "confidence": round(self.confidence, 3), "start_ns": self.start_ns,
+            "end_ns": max(self.end_ns, self.start_ns), "summary": self.summary,
+            "root_cause": self.root_cause, "collector_id": self.collector_id, "node": self.node,
+            "trace_id": self.id, "event_ids": list(self.event_ids),
+            "attributes": dict(self.attributes), "status": self.status,
+        }
+        if with_events:
+            out["events"] = list(self.events)
+        return out
+
+
+# ---- words ----------------------------------------------------------------------------------
+
+def signal_name(number):
+    try:
+        return _signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def fmt_bytes(n):
+    if not n:
+        return "0 B"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            value = n / size
+            return f"{value:.0f} {unit}" if value >= 10 or value == int(value) else f"{value:.1f} {unit}"
+    return f"{n} B"
+
+
+def fmt_duration(ns):
+    s = ns / 1e9
+    if s < 1:
+        return f"{ns / 1e6:.0f} ms"
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def short_id(container_id):
+    return container_id[:12]
+
+
+def where(context, unit=True):
+    """ "container web (pod shop/web-0)", "pod e547c52f-...", "unit nginx.service", or "". """
+    context = context or {}
+    parts = []
+    name = context.get("container_name") or (short_id(context["container_id"])
+                                             if context.get("container_id") else "")
+    pod = ""
+    if context.get("pod_name"):
+        pod = f"{context['namespace']}/{context['pod_name']}" if context.get("namespace") else context["pod_name"]
+    elif context.get("pod_uid"):
+        pod = context["pod_uid"]
+    if name and pod:
+        parts.append(f"container {name} of pod {pod}")
+    elif name:
+        parts.append(f"container {name}")
+    elif pod:
+        parts.append(f"pod {pod}")
+    elif unit and context.get("systemd_unit"):
+        parts.append(f"unit {context['systemd_unit']}")
+    return parts[0] if parts else ""
+
+
+def subject_name(event):
+    """What to call the process an event is about: the container's name, else the executable's."""
+    context = event.get("context") or {}
+    if context.get("container_name"):
+        return context["container_name"]
+    process = event.get("process") or {}
+    exe = process.get("executable") or (event.get("exec") or {}).get("filename")
+    if exe:
+        return exe.rsplit("/", 1)[-1]
+    return event.get("comm") or f"pid {event.get('pid')}"
+
+
+def exit_text(code, sig, core=False):
+    if sig:
+        return f"killed by {signal_name(sig)}" + (" (core dumped)" if core else "")
+    return f"exit code {code}"
+
+
+def counted(items):
+    """ "exit code 1 ×5, SIGSEGV ×2" from {"exit code 1": 5, "SIGSEGV": 2}, most first."""
+    return ", ".join(f"{k} ×{n}" if n > 1 else k
+                     for k, n in sorted(items.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# si_code meanings for faults, from siginfo.h
+SI_CODES = {
+    _signal.SIGSEGV: {1: "SEGV_MAPERR: address not mapped", 2: "SEGV_ACCERR: no permission for the mapping",
+                      3: "SEGV_BNDERR: failed bounds check", 4: "SEGV_PKUERR: protection key"},
+    _signal.SIGBUS: {1: "BUS_ADRALN: misaligned address", 2: "BUS_ADRERR: no such physical address",
+                     3: "BUS_OBJERR: object error (a truncated mapped file?)"},
+    _signal.SIGFPE: {1: "FPE_INTDIV: integer divide by zero", 2: "FPE_INTOVF: integer overflow",
+                     3: "FPE_FLTDIV: float divide by zero"},
+    _signal.SIGILL: {1: "ILL_ILLOPC: illegal opcode", 2: "ILL_ILLOPN: illegal operand",
+                     4: "ILL_ILLTRP: illegal trap", 5: "ILL_PRVOPC: privileged opcode"},
+}

@@ -1,0 +1,425 @@
+"""tapio-server's HTTP surface: health, readiness, Prometheus metrics, the JSON API and the
+dashboard, served by hypercorn inside the server's trio nursery.
+
+    GET /                         the live dashboard (tapio/server/dashboard/)
+    GET /healthz                  the process answers
+    GET /readyz                   gRPC serving and the trace exporter healthy (503 + why, if not)
+    GET /metrics                  Prometheus exposition (text, or OpenMetrics when asked for)
+    GET /api/v1/stats             counters, rates by event type, drops by stage, groups by kind
+    GET /api/v1/collectors        every collector seen: node, peer, connected since, rate, drops
+    GET /api/v1/events            newest events: ?type=&pid=&comm=&container=&collector=&limit=
+    GET /api/v1/groups            newest semantic groups: ?kind=&since=&limit=&before=
+    GET /api/v1/groups/{id}       one group with its events
+
+Everything is read from the state the server keeps anyway (Ingest counters, the store, the
+exporter) when asked; nothing here runs per event.
+"""
+import functools
+import time
+import urllib.parse
+
+import trio
+
+from tapio import __version__
+from tapio.events_json import EVENT_TYPES, format_time
+from tapio.http import params
+from tapio.http.asgi import HttpError, Router, json_response
+from tapio.http.metrics import Families, metrics_response, new_registry
+from tapio.http.rates import RateSampler
+from tapio.http.serve import HttpServer
+from tapio.server.store import GROUP_KINDS
+
+EVENT_TYPE_NAMES = tuple(sorted(name for number, name in EVENT_TYPES.items() if number))
+DROP_STAGES = ("kernel", "processor", "buffer", "decode", "exporter")
+MAX_LIMIT = 1000
+NO_STORE = ("this server keeps no events or groups (it runs without a store): "
+            "/api/v1/stats and /api/v1/collectors still answer")
+
+
+class ServerSurface:
+    """What the endpoints read. A part the server runs without (no store, no exporter) is None."""
+
+    def __init__(self, ingest, service=None, store=None, exporter=None, auth=None, engine=None,
+                 grpc_address=None):
+        self.ingest = ingest
+        self.service = service
+        self.store = store
+        self.exporter = exporter
+        self.auth = auth
+        self.engine = engine            # the correlation engine: groups opened by kind
+        self.grpc_address = grpc_address
+        self.started = time.time()
+
+    def collectors(self):
+        """A snapshot of the per-collector states (the ingest thread adds to the dict)."""
+        return sorted(list(self.ingest.collectors.values()), key=lambda c: c.collector_id)
+
+    def events_by_type(self):
+        totals = {}
+        for state in self.collectors():
+            for name, count in dict(state.events_by_type).items():
+                totals[name] = totals.get(name, 0) + count
+        return totals
+
+    def exporter_health(self):
+        """(ok, reason), or None without an exporter."""
+        if self.exporter is None:
+            return None
+        try:
+            ok, reason = self.exporter.healthy()
+        except Exception as e:          # a broken exporter is a finding, not a crashed endpoint
+            return False, f"health check failed: {e}"
+        return bool(ok), reason or ""
+
+    def exporter_stats(self):
+        """The exporter's counters (groups exported and dropped, spans exported and failed)."""
+        if self.exporter is None:
+            return None
+        try:
+            return dict(self.exporter.stats())
+        except Exception as e:
+            return {"error": str(e)}
+
+    def exporter_drops(self):
+        """Spans the exporter could not deliver: the events of those spans are lost to traces."""
+        stats = self.exporter_stats()
+        if stats is None or not isinstance(stats.get("spans_failed"), int):
+            return None
+        return stats["spans_failed"]
+
+    def groups_opened(self):
+        """{kind: groups the engine opened since start} (a counter), or None without an engine."""
+        if self.engine is None:
+            return None
+        return dict(self.engine.groups_opened)
+
+    def group_counts(self):
+        if self.store is None:
+            return None
+        return dict(self.store.group_counts())
+
+
+class ServerHttp:
+    """The router, the metrics registry and the rate sampler of one server process."""
+
+    def __init__(self, surface, host, port):
+        self.surface = surface
+        self.sampler = RateSampler(self._totals)
+        self.registry = new_registry(ServerMetrics(surface))
+        self.router = build_router(surface, self.sampler, self.registry)
+        self.server = HttpServer(self.router, host, port, "tapio-server")
+
+    def _totals(self):
+        collectors = self.surface.collectors()
+        return {"type": self.surface.events_by_type(),
+                "collector": {c.collector_id: c.events for c in collectors}}
+
+    def bind(self):
+        """The listening socket, now: a port in use is a ConfigError before anything starts."""
+        self.server.bind()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        """Serve (and sample rates) until stop(); task_status gets the URL once listening."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.sampler.run)
+            try:
+                await self.server.run(task_status=task_status)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    def stop(self):
+        self.server.stop()
+
+
+def _iso(seconds):
+    return None if seconds is None else format_time(int(seconds * 1e9))
+
+
+def _drops(surface):
+    totals = dict.fromkeys(DROP_STAGES, 0)
+    for state in surface.collectors():
+        totals["kernel"] += state.kernel_drops
+        totals["processor"] += state.processor_drops
+        totals["buffer"] += state.buffer_drops
+    totals["decode"] = surface.ingest.decode_errors
+    totals["exporter"] = surface.exporter_drops()
+    return totals
+
+
+def collector_json(state, rate):
+    return {
+        "id": state.collector_id, "node": state.node_name, "version": state.version,
+        "peer": state.peer, "connected": state.connected, "streams": state.streams,
+        "connections": state.connections,
+        "connected_since": _iso(state.connected_since) if state.connected else None,
+        "last_seen": _iso(state.last_seen),
+        "events": state.events, "events_per_second": round(rate, 3),
+        "events_by_type": dict(state.events_by_type),
+        "batches": state.batches, "duplicates": state.duplicates,
+        "drops": {"kernel": state.kernel_drops, "processor": state.processor_drops,
+                  "buffer": state.buffer_drops},
+        "last_batch_id": state.last_batch_id, "last_event_id": state.last_event_id,
+    }
+
+
+def readiness(surface):
+    """(ready, {check: {"ok": bool, "detail": text}})."""
+    checks = {}
+    service = surface.service
+    if service is not None and service.draining.is_set():
+        checks["grpc"] = {"ok": False, "detail": "draining: the server is shutting down"}
+    else:
+        checks["grpc"] = {"ok": True, "detail": f"serving on {surface.grpc_address or 'its gRPC port'}"}
+    health = surface.exporter_health()
+    if health is None:
+        checks["exporter"] = {"ok": True, "detail": "no trace exporter configured"}
+    else:
+        ok, reason = health
+        checks["exporter"] = {"ok": ok, "detail": reason or ("healthy" if ok else "unhealthy")}
+    backlog = surface.ingest.backlog()
+    checks["ingest"] = {"ok": True, "detail": f"{backlog} batches waiting, {surface.ingest.pauses} "
+                                              "pauses asked of collectors so far"}
+    return all(c["ok"] for c in checks.values()), checks
+
+
+def build_router(surface, sampler, registry):
+    router = Router("tapio-server")
+    router.static("/dashboard/", "tapio.server", "dashboard", index="index.html", index_at="/")
+
+    @router.get("/healthz")
+    def healthz(request):
+        return {"status": "ok", "program": "tapio-server", "version": __version__,
+                "uptime_seconds": round(time.time() - surface.started, 3)}
+
+    @router.get("/readyz")
+    def readyz(request):
+        ready, checks = readiness(surface)
+        body = {"ready": ready, "checks": checks,
+                "not_ready": [f"{name}: {c['detail']}" for name, c in checks.items() if not c["ok"]]}
+        return json_response(body, 200 if ready else 503)
+
+    @router.get("/metrics")
+    async def metrics(request):
+        # the store answers from SQLite: off the event loop (everything read here is thread-safe)
+        return await trio.to_thread.run_sync(metrics_response, registry, request.headers.get("accept", ""))
+
+    @router.get("/api/v1")
+    def index(request):
+        return {"endpoints": [p for p in router.patterns() if p.startswith("/api/")]}
+
+    @router.get("/api/v1/stats")
+    async def stats(request):
+        params.only(request, ())
+        return await trio.to_thread.run_sync(stats_json, surface, sampler)
+
+    @router.get("/api/v1/collectors")
+    def collectors(request):
+        params.only(request, ())
+        rates = sampler.rates("collector")
+        items = [collector_json(c, rates.get(c.collector_id, 0.0)) for c in surface.collectors()]
+        return {"collectors": items, "count": len(items)}
+
+    @router.get("/api/v1/events")
+    async def events(request):
+        params.only(request, ("type", "pid", "comm", "container", "collector", "limit"))
+        filters = {
+            "type": params.one_of(request, "type", EVENT_TYPE_NAMES),
+            "pid": params.integer(request, "pid", minimum=0, maximum=2**32 - 1),
+            "comm": params.text(request, "comm", max_length=64),
+            "container": params.text(request, "container", max_length=256),
+            "collector": params.text(request, "collector", max_length=256),
+        }
+        limit = params.integer(request, "limit", default=100, minimum=1, maximum=MAX_LIMIT)
+        store = _store(surface)
+        found = await trio.to_thread.run_sync(functools.partial(store.recent_events, limit=limit, **filters))
+        return {"events": found, "count": len(found), "limit": limit,
+                "filters": {k: v for k, v in filters.items() if v is not None}}
+
+    @router.get("/api/v1/groups")
+    async def groups(request):
+        params.only(request, ("kind", "since", "limit", "before"))
+        kind = params.one_of(request, "kind", GROUP_KINDS)
+        since = params.since_ns(request, "since")
+        limit = params.integer(request, "limit", default=50, minimum=1, maximum=MAX_LIMIT)
+        before = _group_id(params.text(request, "before", max_length=128), "before")
+        store = _store(surface)
+
+        def query():
+            return (store.groups(kind=kind, since_ns=since, limit=limit + 1, before=before),
+                    store.group_counts())
+        found, counts = await trio.to_thread.run_sync(query)
+        more = len(found) > limit
+        found = found[:limit]
+        next_url = None
+        if more and found:
+            query = {k: v for k, v in (("kind", kind), ("since", since and f"{since / 1e9:.9f}"),
+                                       ("limit", limit)) if v is not None}
+            query["before"] = found[-1]["id"]
+            next_url = "/api/v1/groups?" + urllib.parse.urlencode(query)
+        return {"groups": found, "count": len(found), "limit": limit, "next": next_url,
+                "counts": counts}
+
+    @router.get("/api/v1/groups/{group_id}")
+    async def group(request):
+        params.only(request, ())
+        group_id = _group_id(request.params["group_id"], "group id")
+        store = _store(surface)
+        found = await trio.to_thread.run_sync(store.group, group_id)
+        if found is None:
+            raise HttpError(404, f"no group {group_id!r} (it may have aged out of the store)")
+        return found
+
+    return router
+
+
+def stats_json(surface, sampler):
+    """/api/v1/stats: counters, rates by type, drops by stage, groups by kind, store, exporter."""
+    ingest = surface.ingest
+    collectors = surface.collectors()
+    by_type = sampler.rates("type")
+    health = surface.exporter_health()
+    exporter = surface.exporter_stats()
+    if exporter is not None and health is not None:
+        exporter.update(healthy=health[0], detail=health[1])
+    return {
+        "server": {"version": __version__, "started_at": _iso(surface.started),
+                   "uptime_seconds": round(time.time() - surface.started, 3),
+                   "grpc": surface.grpc_address},
+        "events": {"received": ingest.events, "by_type": surface.events_by_type(),
+                   "per_second": round(sum(by_type.values()), 3),
+                   "per_second_by_type": {k: round(v, 3) for k, v in sorted(by_type.items())}},
+        "batches": {"received": ingest.batches, "duplicates": ingest.duplicates,
+                    "malformed": ingest.decode_errors},
+        "acks": {"ok": ingest.batches, "duplicate": ingest.duplicates},
+        "drops": _drops(surface),
+        "collectors": {"connected": sum(1 for c in collectors if c.connected),
+                       "known": len(collectors)},
+        "ingest": {"backlog": ingest.backlog(), "pauses": ingest.pauses},
+        "streams_refused": surface.auth.refused if surface.auth is not None else 0,
+        "groups": surface.group_counts(),
+        "groups_opened": surface.groups_opened(),
+        "store": surface.store.stats() if surface.store is not None else None,
+        "exporter": exporter,
+        "history": sampler.history("type"),
+    }
+
+
+def _store(surface):
+    if surface.store is None:
+        raise HttpError(503, NO_STORE)
+    return surface.store
+
+
+def _group_id(text, what):
+    """Group ids are whole numbers or short names; anything else is a 400."""
+    if text is None:
+        return None
+    if len(text) > 128 or not all(ch.isalnum() or ch in "-_.:" for ch in text):
+        raise HttpError(400, f"{what} {text[:40]!r} is not a group id")
+    return text
+
+
+class ServerMetrics:
+    """The server's Prometheus metrics, read from Ingest, the auth check, the store and the
+    exporter at scrape time."""
+
+    def __init__(self, surface):
+        self.surface = surface
+
+    def describe(self):
+        return []           # names vary with what the server runs: no check at registration
+
+    def collect(self):
+        s = self.surface
+        ingest = s.ingest
+        collectors = s.collectors()
+        f = Families()
+        f.info("tapio_build", "The program and its version", {"program": "tapio-server", "version": __version__})
+
+        f.counter("tapio_events_received_total", "Events received from collectors, by type",
+                  ("collector", "node", "type"))
+        f.counter("tapio_batches_received_total", "Batches accepted from collectors",
+                  ("collector", "node"))
+        f.counter("tapio_batches_duplicate_total",
+                  "Batches a collector sent again after the server had them (acked, not counted)",
+                  ("collector", "node"))
+        f.counter("tapio_events_dropped_total",
+                  "Events lost before correlation, by stage: kernel (ring buffer full), processor, "
+                  "buffer (collector send buffer full), as collectors report them; decode "
+                  "(malformed messages, each counted once) and exporter (spans not delivered) "
+                  "at the server", ("collector", "stage"))
+        f.counter("tapio_collector_connections_total", "Streams opened by each collector",
+                  ("collector", "node"))
+        f.gauge("tapio_collector_connected", "1 while the collector has a stream open",
+                ("collector", "node"))
+        f.gauge("tapio_collector_last_seen_timestamp_seconds",
+                "Wall time of the latest batch from the collector", ("collector", "node"))
+        for c in collectors:
+            who = (c.collector_id, c.node_name)
+            for type_name, count in sorted(dict(c.events_by_type).items()):
+                f.add("tapio_events_received_total", count, *who, type_name)
+            f.add("tapio_batches_received_total", c.batches, *who)
+            f.add("tapio_batches_duplicate_total", c.duplicates, *who)
+            f.add("tapio_events_dropped_total", c.kernel_drops, c.collector_id, "kernel")
+            f.add("tapio_events_dropped_total", c.processor_drops, c.collector_id, "processor")
+            f.add("tapio_events_dropped_total", c.buffer_drops, c.collector_id, "buffer")
+            f.add("tapio_collector_connections_total", c.connections, *who)
+            f.add("tapio_collector_connected", 1 if c.connected else 0, *who)
+            f.add("tapio_collector_last_seen_timestamp_seconds", c.last_seen, *who)
+        f.add("tapio_events_dropped_total", ingest.decode_errors, "", "decode")
+        exporter_drops = s.exporter_drops()
+        if exporter_drops is not None:
+            f.add("tapio_events_dropped_total", exporter_drops, "", "exporter")
+
+        f.counter("tapio_acks_sent_total", "Acks sent to collectors, by status", ("status",))
+        f.add("tapio_acks_sent_total", ingest.batches, "ok")
+        f.add("tapio_acks_sent_total", ingest.duplicates, "duplicate")
+        f.counter("tapio_messages_malformed_total", "Stream messages that did not decode")
+        f.add("tapio_messages_malformed_total", ingest.decode_errors)
+        f.gauge("tapio_collectors_connected", "Collectors with a stream open")
+        f.add("tapio_collectors_connected", sum(1 for c in collectors if c.connected))
+        f.gauge("tapio_collectors_known", "Collectors seen since the server started")
+        f.add("tapio_collectors_known", len(collectors))
+        f.gauge("tapio_ingest_queue_batches", "Decoded batches waiting for the ingest engine")
+        f.add("tapio_ingest_queue_batches", ingest.backlog())
+        f.counter("tapio_stream_pauses_total", "Times a collector was asked to pause (backpressure)")
+        f.add("tapio_stream_pauses_total", ingest.pauses)
+        f.counter("tapio_streams_refused_total", "Streams refused, by reason", ("reason",))
+        f.add("tapio_streams_refused_total", s.auth.refused if s.auth is not None else 0, "auth")
+
+        opened = s.groups_opened()
+        if opened is not None:
+            f.counter("tapio_groups_total", "Semantic groups the correlation engine opened, by kind",
+                      ("kind",))
+            for kind in sorted(set(GROUP_KINDS) | set(opened)):
+                f.add("tapio_groups_total", opened.get(kind, 0), kind)
+        counts = s.group_counts()
+        if counts is not None:
+            f.gauge("tapio_groups_stored", "Semantic groups in the store (within retention), by kind",
+                    ("kind",))
+            for kind in sorted(set(GROUP_KINDS) | set(counts)):
+                f.add("tapio_groups_stored", counts.get(kind, 0), kind)
+            store = s.store.stats()
+            f.gauge("tapio_store_events", "Recent events kept in memory for the API")
+            f.add("tapio_store_events", store.get("events_kept"))
+            f.gauge("tapio_store_db_bytes", "Size of the group database on disk (with its WAL)")
+            f.add("tapio_store_db_bytes", store.get("db_bytes"))
+            f.counter("tapio_store_subscriber_drops_total", "Live-view items a slow subscriber missed")
+            f.add("tapio_store_subscriber_drops_total", store.get("subscriber_drops"))
+        health = s.exporter_health()
+        if health is not None:
+            f.gauge("tapio_exporter_healthy", "1 while the trace exporter is healthy")
+            f.add("tapio_exporter_healthy", 1 if health[0] else 0)
+            stats = s.exporter_stats() or {}
+            f.counter("tapio_exporter_groups_total", "Groups handed to the trace exporter, by outcome",
+                      ("outcome",))
+            f.add("tapio_exporter_groups_total", stats.get("groups_exported"), "exported")
+            f.add("tapio_exporter_groups_total", stats.get("groups_dropped"), "dropped")
+            f.counter("tapio_exporter_spans_total", "Trace spans, by outcome", ("outcome",))
+            f.add("tapio_exporter_spans_total", stats.get("spans_exported"), "exported")
+            f.add("tapio_exporter_spans_total", stats.get("spans_failed"), "failed")
+            f.gauge("tapio_exporter_queue_groups", "Groups waiting to become spans")
+            f.add("tapio_exporter_queue_groups", stats.get("groups_queued"))
+        f.gauge("tapio_ready", "1 while /readyz answers ready")
+        f.add("tapio_ready", 1 if readiness(s)[0] else 0)
+        return f.done()
