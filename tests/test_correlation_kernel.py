@@ -155,24 +155,6 @@ def test_a_program_that_keeps_failing_in_a_container_is_a_crash_loop(stack, kube
 
 # ---- OOM kill -------------------------------------------------------------------------------------
 
-@pytest.fixture
-def memory_cgroup():
-    if not os.path.isdir("/sys/fs/cgroup/memory"):
-        pytest.fail("no cgroup v1 memory controller at /sys/fs/cgroup/memory")
-    path = f"/sys/fs/cgroup/memory/tapio-test-corr-{uuid.uuid4().hex[:8]}"
-    os.mkdir(path)
-    with open(f"{path}/memory.limit_in_bytes", "w") as f:
-        f.write(str(32 << 20))
-    try:
-        yield path
-    finally:
-        def empty():
-            with open(f"{path}/cgroup.procs") as f:
-                return not f.read().strip()
-        wait_until(empty, 10, what="the memory cgroup to empty")
-        os.rmdir(path)
-
-
 def test_an_oom_kill_is_a_group_and_a_trace_with_the_victim(stack, memory_cgroup):
     child = subprocess.run(["sh", "-c", f'echo $$ > {memory_cgroup}/cgroup.procs && exec "$0" -c '
                             '"b = bytearray(256 << 20)"', sys.executable], timeout=60)

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from tapio.collector.spool import HEADER
-from tests.helpers import ManagedProcess, ServerProcess, BIN, free_port, read_json_lines, wait_until
+from tests.helpers import BIN, ManagedProcess, ServerProcess, free_port, wait_until
 
 
 def collector(tmp_path, servers, *flags, name="collector"):

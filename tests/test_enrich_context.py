@@ -1,7 +1,6 @@
 """ContextResolver end to end: real cgroups shaped like a Kubernetes node, real processes in them,
 their cgroup ids as the kernel reports them, and (with --enable-k8s) a real pod LIST + WATCH."""
 import os
-import time
 
 import pytest
 
@@ -10,6 +9,7 @@ from tapio.collector.enrich.kubernetes import KubernetesPods
 from tapio.v1 import events_pb2
 from tests.fixtures.enrich.apiserver import FakeApiServer, make_pod, write_kubeconfig
 from tests.fixtures.enrich.cgroups import CgroupTree, require_cgroup_root
+from tests.helpers import wait_until
 
 ID_POD = "c7c603c79cd328588d937f1e05e0a465e7569183ed25fb1078af8a5f5f6e16cd"
 ID_GUARANTEED = "cd5ce42cd50d201c4a2fb25a3449ed11c4afec6fa1e1ddc0ab4e1aa32a8be434"
@@ -23,17 +23,6 @@ GUARANTEED_CONTAINER = "kubepods.slice/kubepods-pod{u}.slice/crio-{c}.scope".for
     u=UID_GUARANTEED.replace("-", "_"), c=ID_GUARANTEED)
 DOCKER_CONTAINER = f"system.slice/docker-{ID_DOCKER}.scope"
 SERVICE = "system.slice/tapio-enrich-test.service"
-
-
-def wait_until(predicate, timeout=10.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 from tapio.collector.enrich.kubernetes import (ContainerMeta, KubernetesPods, PodInfo, pod_info_from_json,
                                                split_container_id)
 from tests.fixtures.enrich.apiserver import FakeApiServer, make_pod, write_kubeconfig
+from tests.helpers import wait_until
 
 ID_A = "c7c603c79cd328588d937f1e05e0a465e7569183ed25fb1078af8a5f5f6e16cd"
 ID_B = "1a9ceef18aca9744e75ffabcb0ac25846db2289fb70d9463cc428ce216bfd3fb"
@@ -21,17 +22,6 @@ UID_1 = "e547c52f-de8c-4beb-8011-00a62d0936aa"
 UID_2 = "b1ee2e81-1803-4e88-9119-9388d5caae5f"
 UID_3 = "6755b95a-fbf4-47b0-af04-61f32e38b520"
 LOGGER = "tapio.collector.enrich.kubernetes"
-
-
-def wait_until(predicate, timeout=10.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 # -- pure parsing ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from tapio.collector.clock import boot_to_wall_ns
 from tapio.collector.enrich.proc import ProcessTable, parse_stat, read_process, text_from_kernel_bytes
 from tapio.v1 import events_pb2
+from tests.helpers import wait_until
 
 S = 1_000_000_000
 
@@ -23,17 +24,6 @@ class FakeClock:
 
     def __call__(self):
         return self.now
-
-
-def wait_until(predicate, timeout=10.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def children_of(pid):

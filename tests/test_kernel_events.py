@@ -161,24 +161,6 @@ def test_connect_accept_close_with_byte_counts(collector):
     assert client_close["tcp_close"]["duration_ns"] > 0
 
 
-@pytest.fixture
-def memory_cgroup():
-    path = f"/sys/fs/cgroup/memory/tapio-test-{uuid.uuid4().hex[:8]}"
-    if not os.path.isdir("/sys/fs/cgroup/memory"):
-        pytest.fail("no cgroup v1 memory controller at /sys/fs/cgroup/memory")
-    os.mkdir(path)
-    with open(f"{path}/memory.limit_in_bytes", "w") as f:
-        f.write(str(32 << 20))
-    try:
-        yield path
-    finally:
-        def empty():
-            with open(f"{path}/cgroup.procs") as f:
-                return not f.read().strip()
-        wait_until(empty, 10, what="the memory cgroup to empty")
-        os.rmdir(path)
-
-
 def test_oom_kill(collector, memory_cgroup):
     # the shell moves itself into the limited cgroup, then becomes the process that runs out
     child = subprocess.run(["sh", "-c", f'echo $$ > {memory_cgroup}/cgroup.procs && exec "$0" -c '

@@ -6,12 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from tapio._fast.codec import DecodedBatch
+from tapio._fast.codec import BatchEncoder, DecodedBatch
 from tapio.collector.delivery import DeliveryBuffer
 from tapio.collector.processor import PATH_RAW, PATH_SEMANTIC, DualPathProcessor, ProcessorConfig
 from tapio.v1 import events_pb2
-from tests.test_codec_support import EXEC, EXIT, OOM_KILL, SIGNAL, TCP_CLOSE, TCP_CONNECT, arena_of
-from tapio._fast.codec import BatchEncoder
+from tests.test_codec_support import EXEC, EXIT, OOM_KILL, SIGNAL, TCP_CONNECT, arena_of
 
 ME = os.getpid()
 
