@@ -14,7 +14,8 @@ import trio
 
 from tapio import __version__
 from tapio.http import params
-from tapio.http.asgi import Router, json_response
+from tapio.http.asgi import Router
+from tapio.http.health import add_health_routes
 from tapio.http.metrics import Families, metrics_response, new_registry
 from tapio.http.serve import HttpServer
 
@@ -147,17 +148,7 @@ def build_router(surface, registry):
         return {"program": "tapio-collector", "version": __version__,
                 "endpoints": [p for p in router.patterns() if p != "/"]}
 
-    @router.get("/healthz")
-    def healthz(request):
-        return {"status": "ok", "program": "tapio-collector", "version": __version__,
-                "uptime_seconds": round(time.time() - surface.started, 3)}
-
-    @router.get("/readyz")
-    def readyz(request):
-        ready, checks = readiness(surface)
-        return json_response({"ready": ready, "checks": checks,
-                              "not_ready": [f"{n}: {c['detail']}" for n, c in checks.items() if not c["ok"]]},
-                             200 if ready else 503)
+    add_health_routes(router, "tapio-collector", surface, readiness)
 
     @router.get("/metrics")
     def metrics(request):

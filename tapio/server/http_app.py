@@ -23,7 +23,8 @@ import trio
 from tapio import __version__
 from tapio.events_json import EVENT_TYPES, format_time
 from tapio.http import params
-from tapio.http.asgi import HttpError, Router, json_response
+from tapio.http.asgi import HttpError, Router
+from tapio.http.health import add_health_routes
 from tapio.http.metrics import Families, metrics_response, new_registry
 from tapio.http.rates import RateSampler
 from tapio.http.serve import HttpServer
@@ -186,17 +187,7 @@ def build_router(surface, sampler, registry):
     router = Router("tapio-server")
     router.static("/dashboard/", "tapio.server", "dashboard", index="index.html", index_at="/")
 
-    @router.get("/healthz")
-    def healthz(request):
-        return {"status": "ok", "program": "tapio-server", "version": __version__,
-                "uptime_seconds": round(time.time() - surface.started, 3)}
-
-    @router.get("/readyz")
-    def readyz(request):
-        ready, checks = readiness(surface)
-        body = {"ready": ready, "checks": checks,
-                "not_ready": [f"{name}: {c['detail']}" for name, c in checks.items() if not c["ok"]]}
-        return json_response(body, 200 if ready else 503)
+    add_health_routes(router, "tapio-server", surface, readiness)
 
     @router.get("/metrics")
     async def metrics(request):
