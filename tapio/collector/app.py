@@ -70,7 +70,8 @@ async def _open_source(args):
     if args.source == "synthetic":
         from tapio.collector.synthetic_source import SyntheticSource
         log.info("Synthetic source: %s events/s, %s events", args.rate or "max", args.count or "unbounded")
-        return SyntheticSource(args.rate, args.count)
+        # the backlog a ring buffer of --ring-buffer-size holds, at ~128 bytes per event
+        return SyntheticSource(args.rate, args.count, backlog=max(1024, args.ring_buffer_size // 128))
     return await EbpfSource.start(args.events, args.ring_buffer_size)
 
 

@@ -123,6 +123,10 @@ class ConnectionManager:
         self.buffer.add(batch_id, data, events, priority)
         self._wake.set()
 
+    def congested(self):
+        """The send buffer is three quarters full: the pump stops reading the kernel."""
+        return self.buffer.bytes * 4 >= self.buffer.max_bytes * 3
+
     def take_buffer_drops(self):
         return self.buffer.take_dropped_since_batch()
 

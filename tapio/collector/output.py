@@ -15,6 +15,9 @@ class JsonLinesSink:
     def idle(self):
         return True     # writing is synchronous: nothing is ever in flight
 
+    def congested(self):
+        return False
+
     def take_buffer_drops(self):
         return 0        # nothing is buffered
 

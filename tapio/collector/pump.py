@@ -21,10 +21,12 @@ class PumpStats:
         self.events = 0          # events taken from the source
         self.batches = 0
         self.kernel_drops = 0    # ring-buffer reserve failures
+        self.congested = 0       # rounds the pump waited for room in the send buffer
         self.last_event_id = None
 
 
 class Pump:
+    CONGESTION_POLL = 0.002      # seconds between looks at a congested sink
     def __init__(self, source, sink, encoder, processor, buffer_size, flush_interval,
                  first_batch_id=None, idle_poll=1.0, read_coalesce=0.001):
         self.source = source
@@ -61,6 +63,14 @@ class Pump:
         """Until stop(); then drain what the source already holds and flush it."""
         deadline = trio.current_time() + self.flush_interval
         while not self._stopping:
+            if self.sink.congested():
+                # Backpressure: while the send buffer is mostly full, leave events in the
+                # kernel, whose ring buffer drops (and counts) what does not fit at almost no
+                # cost. Reading on would spend the CPU the delivery needs on events that the
+                # send buffer would then have to throw away.
+                self.stats.congested += 1
+                await trio.sleep(self.CONGESTION_POLL)
+                continue
             self.stats.events += self.source.fill(self.arena)
             if self.source.exhausted:
                 self._stopping = True       # a bounded source ran out: drain and finish

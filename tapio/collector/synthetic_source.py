@@ -1,6 +1,11 @@
 """`--source synthetic`: events at a fixed rate (or as fast as possible), for benchmarks and for
 demos on hosts without eBPF. They fill the same arena as the kernel's, in the kernel's layout,
-and take the same path from there."""
+and take the same path from there.
+
+Like the kernel's ring buffer, the source holds a bounded backlog: when the collector falls
+behind by more than `backlog` events, the oldest are dropped and counted as kernel drops, so an
+overloaded collector sheds load where a real one would, instead of processing events that its
+send buffer must then throw away."""
 import trio
 
 from tapio._fast import synthetic
@@ -8,12 +13,15 @@ from tapio._fast.kernel import EVENT_TYPES
 
 
 class SyntheticSource:
-    def __init__(self, rate=0, count=0):
+    def __init__(self, rate=0, count=0, backlog=65536):
         """rate: events per second (0: as fast as the pipeline takes them); count: stop after
-        this many (0: never)."""
+        this many offered (0: never); backlog: events waiting before the oldest are dropped."""
         self.rate = rate
         self.count = count
-        self.produced = 0
+        self.backlog = backlog
+        self.produced = 0            # offered: taken or dropped
+        self.dropped = 0
+        self._dropped_reported = 0
         self._started = None
         self.event_types = frozenset(EVENT_TYPES.values())
 
@@ -34,6 +42,11 @@ class SyntheticSource:
         wanted = self._due() - self.produced
         if wanted <= 0:
             return 0
+        if wanted > self.backlog:
+            lost = wanted - self.backlog
+            self.produced += lost
+            self.dropped += lost
+            wanted = self.backlog
         n = synthetic.fill(arena, self.produced + 1, min(wanted, 1 << 30))
         self.produced += n
         return n
@@ -49,7 +62,8 @@ class SyntheticSource:
             await trio.sleep(0)
 
     def kernel_drops_since_last(self):
-        return 0
+        delta, self._dropped_reported = self.dropped - self._dropped_reported, self.dropped
+        return delta
 
     def close(self):
         pass
