@@ -505,3 +505,14 @@ def test_disabled_rules_emit_nothing():
            ev.exit(9902, 9900, "b"), ev.exit(9900, 1, "sh"))
     h.tick(400)
     assert h.emitted == []
+
+
+def test_only_signals_some_group_needs_leave_c():
+    core = Correlator(hot_signals={signal.SIGSEGV, signal.SIGKILL})
+    ev = Events()
+    batch = ev.batch(ev.signal(10, "svc", signal.SIGTERM), ev.signal(11, "app", signal.SIGSEGV),
+                     ev.signal(12, "victim", signal.SIGKILL), ev.signal(13, "svc", signal.SIGHUP))
+    _, hot, _, _ = core.feed(batch)
+    assert hot == [1, 2]
+    with pytest.raises(ValueError, match="not a signal number"):
+        Correlator(hot_signals={64})

@@ -157,6 +157,7 @@ cdef class Correlator:
     cdef uint64_t conn_close_ns
     cdef uint64_t conn_max_ns
     cdef uint32_t conn_fail_mask      # bit r: ConnectResult r is a failure
+    cdef uint64_t hot_signal_mask     # bit s: a signal-s event goes to Python
     # counters
     cdef readonly uint32_t ordinal    # of the last batch fed
     cdef readonly uint64_t events, execs, exits, connects, connect_failures
@@ -171,7 +172,7 @@ cdef class Correlator:
                   double tree_grace_s=2.0, double tree_max_s=600.0, bint split_on_cgroup=True,
                   uint32_t max_connections=16384, uint32_t conn_threshold=5,
                   double conn_window_s=30.0, double conn_close_after_s=15.0,
-                  double conn_max_s=600.0, conn_failures=(1, 2, 3, 4, 5)):
+                  double conn_max_s=600.0, conn_failures=(1, 2, 3, 4, 5), hot_signals=None):
         if max_processes < 16 or max_processes > (1 << 26):
             raise ValueError(f"max_processes must be within 16..{1 << 26}, not {max_processes}")
         if max_connections < 16 or max_connections > (1 << 24):
@@ -207,6 +208,15 @@ cdef class Correlator:
             if not 0 < r < N_RESULTS:
                 raise ValueError(f"{r} is not a failed ConnectResult (1..{N_RESULTS - 1})")
             self.conn_fail_mask |= 1u << <uint32_t>r
+        # the signals Python needs to see (fatal-signal groups, OOM victims' SIGKILL): a SIGTERM
+        # a service gets on every deploy is no group's business and stays in C
+        self.hot_signal_mask = ~<uint64_t>0
+        if hot_signals is not None:
+            self.hot_signal_mask = 0
+            for sig in hot_signals:
+                if not 0 < sig < 64:
+                    raise ValueError(f"{sig} is not a signal number (1..63)")
+                self.hot_signal_mask |= <uint64_t>1 << <uint64_t>sig
 
     def __dealloc__(self):
         PyMem_Free(self.procs)
@@ -281,7 +291,8 @@ cdef class Correlator:
                 if rec.d.exit.exit_code != 0 or rec.d.exit.signal != 0 or self._watched(rec):
                     self.hot[self.n_hot] = i
                     self.n_hot += 1
-            elif t == TAPIO_EVENT_SIGNAL or t == TAPIO_EVENT_OOM_KILL:
+            elif (t == TAPIO_EVENT_OOM_KILL or (t == TAPIO_EVENT_SIGNAL and rec.d.signal.signal < 64
+                    and self.hot_signal_mask & (<uint64_t>1 << rec.d.signal.signal))):
                 self.hot[self.n_hot] = i
                 self.n_hot += 1
         return max_ts

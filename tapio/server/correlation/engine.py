@@ -191,7 +191,10 @@ class _Collector:
             split_on_cgroup=tree.split_on_cgroup, max_connections=cfg.limits.max_destinations,
             conn_threshold=conn.threshold, conn_window_s=conn.window,
             conn_close_after_s=conn.close_after, conn_max_s=conn.max_duration,
-            conn_failures=cfg.connect_failure_codes() if conn.enabled else ())
+            conn_failures=cfg.connect_failure_codes() if conn.enabled else (),
+            # fatal-signal groups want their signals; an OOM group its victim's SIGKILL
+            hot_signals=(cfg.fatal_signal_numbers() if cfg.fatal_signal.enabled else frozenset())
+            | {_signal.SIGKILL})
         self.recent = RecentBatches(cfg.limits.recent_events)
         self.clock = CollectorClock(engine.monotonic)
         self.fatal_signals = cfg.fatal_signal_numbers() if cfg.fatal_signal.enabled else frozenset()
