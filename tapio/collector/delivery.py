@@ -14,7 +14,6 @@ first. When only batches on the wire are left to go, one is let go: its ack may 
 then its events count as delivered after all; if the stream ends first, they count as dropped.
 """
 import collections
-import time
 
 
 class Pending:
@@ -154,15 +153,6 @@ class DeliveryBuffer:
         for p in self._unconfirmed.values():
             self._lost(p.events)
         self._unconfirmed.clear()
-
-    def in_flight(self):
-        return sum(1 for p in self._pending.values() if p.sent_at is not None) + len(self._unconfirmed)
-
-    def oldest_age(self, now=None):
-        if not self._pending:
-            return 0.0
-        first = next(iter(self._pending.values()))
-        return ((now or time.monotonic()) - first.sent_at) if first.sent_at else 0.0
 
     def take_dropped_since_batch(self):
         """Events dropped here since the previous call: what the next batch reports."""
