@@ -190,3 +190,22 @@ class StreamingCollector(ManagedProcess):
         """Until the collector serves HTTP (after its probes are attached)."""
         self.wait_log("HTTP on", timeout)
         return self
+
+
+def read_in_background(call):
+    """Collect a server-streaming gRPC call's responses in a daemon thread. Returns (the list
+    they go into, an Event set when the call has ended)."""
+    import grpc
+    import threading
+    got, done = [], threading.Event()
+
+    def read():
+        try:
+            for response in call:
+                got.append(response)
+        except grpc.RpcError:
+            pass            # cancelled or ended by the server: the test looks at what came
+        finally:
+            done.set()
+    threading.Thread(target=read, daemon=True).start()
+    return got, done

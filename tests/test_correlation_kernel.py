@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import uuid
 
 import grpc
@@ -21,7 +20,7 @@ from tapio.server.subscribe import group_dict
 from tapio.v1 import events_pb2, query_pb2, query_pb2_grpc
 from tests.correlation_fixtures import OtlpReceiver
 from tests.fixtures.enrich.cgroups import CgroupTree, require_cgroup_root
-from tests.helpers import ServerProcess, StreamingCollector, require_ebpf, wait_until
+from tests.helpers import ServerProcess, StreamingCollector, read_in_background, require_ebpf, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -258,18 +257,7 @@ def test_subscribe_with_a_filter_sees_only_matching_events(stack, tmp_path):
         event_types=[events_pb2.EVENT_TYPE_EXEC, events_pb2.EVENT_TYPE_EXIT], binary_regex="/tapio-(sub|other)-")],
         deny_list=[query_pb2.Filter(comm_regex="^tapio-other")])
     call = stub.Subscribe(request, timeout=60)
-    got = []
-    done = threading.Event()
-
-    def read():
-        try:
-            for response in call:
-                got.append(response)
-        except grpc.RpcError:
-            pass
-        finally:
-            done.set()
-    threading.Thread(target=read, daemon=True).start()
+    got, done = read_in_background(call)
     try:
         # the subscription is live once an exec that matches shows up
         def seen_one():

@@ -5,7 +5,6 @@ import concurrent.futures
 import json
 import os
 import subprocess
-import threading
 
 import grpc
 import pytest
@@ -15,7 +14,7 @@ from tapio.server.store import Store
 from tapio.server.subscribe import QueryService, event_message, group_dict
 from tapio.v1 import events_pb2, query_pb2, query_pb2_grpc
 from tests.correlation_fixtures import CONTAINER, Events, State, pod_context
-from tests.helpers import BIN, wait_until
+from tests.helpers import BIN, read_in_background, wait_until
 from tests.test_store import group
 
 
@@ -51,15 +50,7 @@ def subscribe(address, request, metadata=None):
     """Start a Subscribe call; returns (responses list filled by a thread, call)."""
     channel = grpc.insecure_channel(address)
     call = query_pb2_grpc.TapioQueryStub(channel).Subscribe(request, metadata=metadata, timeout=30)
-    got = []
-
-    def read():
-        try:
-            for response in call:
-                got.append(response)
-        except grpc.RpcError:
-            pass
-    threading.Thread(target=read, daemon=True).start()
+    got, _ = read_in_background(call)
     return got, call, channel
 
 
