@@ -17,10 +17,9 @@ import sys
 
 import grpc
 
-from tapio import events_json
+from tapio import vocab
 from tapio.flags import FlagParser, choice, non_negative, parse_duration, positive
 
-KINDS = ("process_tree", "crash_loop", "oom_kill", "connectivity_degradation", "fatal_signal")
 
 
 def build_parser(what):
@@ -38,7 +37,7 @@ def build_parser(what):
     p.flag("--deny-comm", metavar="REGEX", help="leave out items whose comm matches")
     p.flag("--deny-binary", metavar="REGEX", help="leave out items whose executable matches")
     if what == "groups":
-        p.flag("--kind", metavar="KINDS", help="group kinds, comma-separated: " + ", ".join(KINDS))
+        p.flag("--kind", metavar="KINDS", help="group kinds, comma-separated: " + ", ".join(vocab.GROUP_KINDS))
         p.flag("--id", metavar="GROUP_ID", help="print this one group with its events")
     p.flag("--limit", type=positive(int), default=20, metavar="N", help="items listed without --follow")
     p.flag("--backfill", type=non_negative(int), default=0, metavar="N",
@@ -64,15 +63,10 @@ def _filters(args, what, query_pb2, events_pb2):
                              namespaces=[args.namespace] if args.namespace else [],
                              collector_ids=[args.collector] if args.collector else [])
     for t in _split(args.type):
-        number = {v: k for k, v in events_json.EVENT_TYPES.items()}.get(t)
-        if number is None:
-            raise ValueError(f"unknown event type {t!r}: use {', '.join(events_json.EVENT_TYPES.values())}")
-        allow.event_types.append(number)
+        allow.event_types.append(vocab.event_type_number(t))
     if what == "groups":
         for k in _split(args.kind):
-            if k not in KINDS:
-                raise ValueError(f"unknown group kind {k!r}: use {', '.join(KINDS)}")
-            allow.group_kinds.append(k)
+            allow.group_kinds.append(vocab.group_kind(k))
     deny = []
     if args.deny_comm:
         deny.append(query_pb2.Filter(comm_regex=args.deny_comm))
@@ -102,7 +96,7 @@ def _metadata(args):
 # ---- text output ----------------------------------------------------------------------------------
 
 def _time(ns):
-    return events_json.format_time(ns)[:-8] + "Z" if ns else "-"
+    return vocab.format_time(ns)[:-8] + "Z" if ns else "-"
 
 
 def event_line(e):
@@ -242,7 +236,7 @@ def _list(stub, what, args, allow, deny, metadata, event_of, out):
     else:
         types = _split(args.type)
         response = stub.ListEvents(query_pb2.ListEventsRequest(
-            event_type={v: k for k, v in events_json.EVENT_TYPES.items()}[types[0]] if len(types) == 1 else 0,
+            event_type=vocab.event_type_number(types[0]) if len(types) == 1 else 0,
             pid=args.pid or 0, limit=1000, collector_id=args.collector or ""),
             metadata=metadata, timeout=30)
         events = [event_of(e, cid) for e, cid in zip(response.events, response.collector_ids)]

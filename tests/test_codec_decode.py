@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tapio import events_json
+from tapio import vocab
 from tapio._fast.codec import DecodedBatch, DecodeError
 from tapio.v1 import events_pb2, stream_pb2
 
@@ -162,18 +162,18 @@ def test_the_json_line():
 
 
 @pytest.mark.parametrize("helper, value, want", [
-    (events_json.event_type_name, 6, "oom_kill"),
-    (events_json.event_type_name, 0, "unspecified"),
-    (events_json.event_type_name, 42, "unknown_42"),
-    (events_json.ip_family_name, 6, "ipv6"),
-    (events_json.connect_result_name, 2, "timed_out"),
-    (events_json.signal_name, 11, "SIGSEGV"),
-    (events_json.signal_name, 0, None),
-    (events_json.format_time, 0, "1970-01-01T00:00:00.000000Z"),
-    (events_json.format_time, 2**64 - 1, "2554-07-21T23:34:33.709551Z"),
-    (events_json.format_addr, b"\x7f\0\0\1", "127.0.0.1"),
-    (events_json.format_addr, b"\0" * 15 + b"\1", "::1"),
-    (events_json.format_addr, b"\1\2", "0102"),
+    (vocab.event_type_name, 6, "oom_kill"),
+    (vocab.event_type_name, 0, "unspecified"),
+    (vocab.event_type_name, 42, "unknown_42"),
+    (vocab.ip_family_name, 6, "ipv6"),
+    (vocab.connect_result_name, 2, "timed_out"),
+    (vocab.signal_name, 11, "SIGSEGV"),
+    (vocab.signal_name, 0, None),
+    (vocab.format_time, 0, "1970-01-01T00:00:00.000000Z"),
+    (vocab.format_time, 2**64 - 1, "2554-07-21T23:34:33.709551Z"),
+    (vocab.format_addr, b"\x7f\0\0\1", "127.0.0.1"),
+    (vocab.format_addr, b"\0" * 15 + b"\1", "::1"),
+    (vocab.format_addr, b"\1\2", "0102"),
 ])
 def test_json_leaves(helper, value, want):
     assert helper(value) == want

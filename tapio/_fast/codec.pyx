@@ -8,7 +8,7 @@ buffer the encoder reuses (encode.pxd); the bytes object returned is one copy of
 
 Server side, `DecodedBatch.parse`: wire bytes -> typed C records (records.pxd) in one nogil pass
 that checks every read against the end of the input (decode.pxd); malformed input raises
-DecodeError. Python dicts, in the JSON shape of tapio.events_json, are built only when asked for.
+DecodeError. Python dicts, in the JSON shape of tapio.vocab, are built only when asked for.
 """
 import time
 
@@ -35,7 +35,7 @@ from tapio._fast.decode cimport parse_request
 
 from google.protobuf.message import DecodeError as LibraryDecodeError
 
-from tapio import events_json
+from tapio import vocab
 from tapio.v1 import events_pb2, stream_pb2
 
 cdef uint64_t PAGE_SIZE = <uint64_t>sysconf(_SC_PAGESIZE)
@@ -355,8 +355,8 @@ cdef class DecodedBatch:
                 known[t] += 1
             else:  # a type this contract does not know: rare, counted in Python
                 other[t] = other.get(t, 0) + 1
-        counts = {events_json.event_type_name(t): known[t] for t in range(8) if known[t]}
-        counts.update((events_json.event_type_name(t), n) for t, n in other.items())
+        counts = {vocab.event_type_name(t): known[t] for t in range(8) if known[t]}
+        counts.update((vocab.event_type_name(t), n) for t, n in other.items())
         return counts
 
     def event_id(self, Py_ssize_t i):
@@ -364,7 +364,7 @@ cdef class DecodedBatch:
         return text(&self.c, self.c.records[self._index(i)].id)
 
     def event_dict(self, Py_ssize_t i):
-        """Event i in the JSON shape (see tapio.events_json)."""
+        """Event i in the JSON shape (see tapio.vocab)."""
         return record_dict(&self.c, &self.c.records[self._index(i)])
 
     cdef Py_ssize_t _index(self, Py_ssize_t i) except -1:
@@ -378,7 +378,7 @@ cdef class DecodedBatch:
     def to_json_lines(self):
         """Every event as one compact JSON object per line, each line ending in a newline."""
         cdef uint32_t i
-        return b"".join([events_json.dumps_line(record_dict(&self.c, &self.c.records[i]))
+        return b"".join([vocab.dumps_line(record_dict(&self.c, &self.c.records[i]))
                          for i in range(self.c.count)])
 
 
@@ -445,7 +445,7 @@ cdef dict details_dict(const tapio_batch *b, const tapio_record *rec):
                 "args_count": d.exec.args_count, "args_truncated": bool(d.exec.args_truncated)}
     if rec.details == TAPIO_EVENT_EXIT:
         return {"exit_code": d.exit.exit_code, "signal": d.exit.signal,
-                "signal_name": events_json.signal_name(d.exit.signal),
+                "signal_name": vocab.signal_name(d.exit.signal),
                 "core_dumped": bool(d.exit.core_dumped), "start_time_ns": d.exit.start_time_ns,
                 "duration_ns": d.exit.duration_ns}
     if rec.details == TAPIO_EVENT_OOM_KILL:
@@ -455,15 +455,15 @@ cdef dict details_dict(const tapio_batch *b, const tapio_record *rec):
                 "memcg_usage_bytes": d.oom.memcg_usage_bytes,
                 "total_vm_bytes": d.oom.total_vm_bytes, "rss_bytes": d.oom.rss_bytes}
     if rec.details == TAPIO_EVENT_SIGNAL:
-        return {"signal": d.signal.signal, "signal_name": events_json.signal_name(d.signal.signal),
+        return {"signal": d.signal.signal, "signal_name": vocab.signal_name(d.signal.signal),
                 "code": d.signal.code, "sender_pid": d.signal.sender_pid,
                 "sender_comm": text(b, d.signal.sender_comm)}
     # tcp_connect, tcp_accept, tcp_close
-    out = {"family": events_json.ip_family_name(d.tcp.family),
-           "saddr": events_json.format_addr(raw(b, d.tcp.saddr)), "sport": d.tcp.sport,
-           "daddr": events_json.format_addr(raw(b, d.tcp.daddr)), "dport": d.tcp.dport}
+    out = {"family": vocab.ip_family_name(d.tcp.family),
+           "saddr": vocab.format_addr(raw(b, d.tcp.saddr)), "sport": d.tcp.sport,
+           "daddr": vocab.format_addr(raw(b, d.tcp.daddr)), "dport": d.tcp.dport}
     if rec.details == TAPIO_EVENT_TCP_CONNECT:
-        out["result"] = events_json.connect_result_name(d.tcp.result)
+        out["result"] = vocab.connect_result_name(d.tcp.result)
     out["error"] = d.tcp.error
     out["duration_ns"] = d.tcp.duration_ns
     out["bytes_sent"] = d.tcp.bytes_sent
@@ -475,9 +475,9 @@ cdef dict details_dict(const tapio_batch *b, const tapio_record *rec):
 cdef dict record_dict(const tapio_batch *b, const tapio_record *rec):
     out = {
         "id": text(b, rec.id),
-        "type": events_json.event_type_name(rec.type),
+        "type": vocab.event_type_name(rec.type),
         "timestamp_ns": rec.timestamp_ns,
-        "time": events_json.format_time(rec.timestamp_ns),
+        "time": vocab.format_time(rec.timestamp_ns),
         "pid": rec.pid, "tid": rec.tid, "ppid": rec.ppid, "uid": rec.uid, "gid": rec.gid,
         "cgroup_id": rec.cgroup_id,
         "comm": text(b, rec.comm),
@@ -495,7 +495,7 @@ cdef dict record_dict(const tapio_batch *b, const tapio_record *rec):
     if rec.process:
         out["process"] = process_dict(b, record_process(b, rec))
     if rec.details:  # the details' key is their type's name: "exec", "tcp_close", ...
-        out[events_json.event_type_name(rec.details)] = details_dict(b, rec)
+        out[vocab.event_type_name(rec.details)] = details_dict(b, rec)
     return out
 
 

@@ -7,6 +7,8 @@ releases them all, once, and a test loads and closes it many times counting file
 import errno
 import os
 
+from tapio import vocab
+
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport errno as c_errno, ENOSPC
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
@@ -36,14 +38,15 @@ cdef extern from "bpf/btf.h" nogil:
     const btf_param *btf_params(const btf_type *t)
 
 
-# Event type names as users write them (--events) and the kernel numbers they stand for.
+# Event type names (tapio.vocab's public spellings) and the kernel numbers they stand for; a test
+# checks them against the wire contract's.
 EVENT_TYPES = {
     "exec": TAPIO_EVENT_EXEC,
     "exit": TAPIO_EVENT_EXIT,
     "tcp_connect": TAPIO_EVENT_TCP_CONNECT,
     "tcp_accept": TAPIO_EVENT_TCP_ACCEPT,
     "tcp_close": TAPIO_EVENT_TCP_CLOSE,
-    "oom": TAPIO_EVENT_OOM_KILL,
+    "oom_kill": TAPIO_EVENT_OOM_KILL,
     "signal": TAPIO_EVENT_SIGNAL,
 }
 EVENT_TYPE_NAMES = {number: name for name, number in EVENT_TYPES.items()}
@@ -279,7 +282,7 @@ cdef class KernelProbes:
                                          "with ./build.sh build (or reinstall the package)")
         if TAPIO_EVENT_OOM_KILL in wanted and not mark_victim_passes_task():
             wanted.discard(TAPIO_EVENT_OOM_KILL)
-            self.skipped["oom"] = "oom:mark_victim passes no task on this kernel (needs Linux >= 6.8)"
+            self.skipped["oom_kill"] = "oom:mark_victim passes no task on this kernel (needs Linux >= 6.8)"
         need_tracefs = TAPIO_EVENT_TCP_ACCEPT in wanted or TAPIO_EVENT_TCP_CLOSE in wanted
         if need_tracefs and not ensure_tracefs():
             wanted.discard(TAPIO_EVENT_TCP_ACCEPT)
@@ -482,8 +485,8 @@ def _parse_types(event_types):
     for t in event_types:
         if isinstance(t, int) and t in EVENT_TYPE_NAMES:
             wanted.add(t)
-        elif t in EVENT_TYPES:
-            wanted.add(EVENT_TYPES[t])
+        elif vocab.EVENT_TYPE_ALIASES.get(t, t) in EVENT_TYPES:
+            wanted.add(EVENT_TYPES[vocab.EVENT_TYPE_ALIASES.get(t, t)])
         else:
             raise ValueError(f"unknown event type {t!r}: choose from {', '.join(EVENT_TYPES)}")
     return wanted

@@ -19,7 +19,8 @@ EVENT_GROUPS = {
     "tcp_connect": ["tcp_connect"],
     "tcp_accept": ["tcp_accept"],
     "tcp_close": ["tcp_close"],
-    "oom": ["oom"],
+    "oom_kill": ["oom_kill"],
+    "oom": ["oom_kill"],          # vocab.EVENT_TYPE_ALIASES
     "signal": ["signal"],
 }
 
@@ -73,7 +74,7 @@ examples:
     p.flag("--server", type=parse_servers, metavar="HOST:PORT[,HOST:PORT...]",
            help="Tapio server(s) to stream to; later ones are failovers, in order")
     p.flag("--events", type=parse_events, default="all", metavar="TYPES",
-           help="event types: all or a list of exec,exit,tcp,tcp_connect,tcp_accept,tcp_close,oom,signal")
+           help="event types: all or a list of exec,exit,tcp,tcp_connect,tcp_accept,tcp_close,oom_kill (or oom),signal")
     p.flag("--ring-buffer-size", type=parse_size, default="8MiB", metavar="SIZE",
            help="kernel ring buffer (a power of two)")
     p.flag("--correlation", type=choice("semantic", "raw", "both"), default="semantic",

@@ -21,14 +21,13 @@ import urllib.parse
 import trio
 
 from tapio import __version__
-from tapio.events_json import EVENT_TYPES, format_time
+from tapio.vocab import EVENT_TYPES, GROUP_KINDS, format_time
 from tapio.http import params
 from tapio.http.asgi import HttpError, Router
 from tapio.http.health import add_health_routes
 from tapio.http.metrics import Families, metrics_response, new_registry
 from tapio.http.rates import RateSampler
 from tapio.http.serve import HttpServer
-from tapio.server.store import GROUP_KINDS
 
 EVENT_TYPE_NAMES = tuple(sorted(name for number, name in EVENT_TYPES.items() if number))
 DROP_STAGES = ("kernel", "processor", "buffer", "decode", "exporter")

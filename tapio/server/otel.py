@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from tapio import __version__
+from tapio import __version__, vocab
 
 log = logging.getLogger("tapio.server.otel")
 
@@ -290,7 +290,7 @@ class TraceExporter:
                                      kind=SpanKind.INTERNAL, attributes=process_attributes(p, group),
                                      start_time=int(p.get("start_ns") or start))
             if p.get("state") == "exited" and (p.get("exit_code") or p.get("signal")):
-                span.set_status(Status(StatusCode.ERROR, _exit_text(p)))
+                span.set_status(Status(StatusCode.ERROR, vocab.exit_text(p.get('exit_code'), p.get('signal'))))
             spans[i] = span
             by_pid.setdefault(p.get("pid"), span)
             covered.update(x for x in (p.get("exec_event"), p.get("exit_event")) if x)
@@ -404,13 +404,6 @@ def _context_attributes(context):
     }
 
 
-def _exit_text(p):
-    if p.get("signal"):
-        from tapio.server.correlation.groups import signal_name
-        return f"killed by {signal_name(p['signal'])}"
-    return f"exit code {p.get('exit_code')}"
-
-
 def root_attributes(group):
     a = group.get("attributes") or {}
     attrs = {
@@ -454,7 +447,6 @@ def process_attributes(p, group):
     """A process span's attributes. process.exit.code is the exit code, or 128 + the signal's
     number for a process killed by a signal (the shell's convention); the signal's name is
     tapio.process.exit.signal."""
-    from tapio.server.correlation.groups import signal_name
     executable = p.get("executable") or ""
     attrs = {
         "process.pid": p.get("pid"),
@@ -471,7 +463,7 @@ def process_attributes(p, group):
         sig = p.get("signal") or 0
         attrs["process.exit.code"] = 128 + sig if sig else int(p.get("exit_code") or 0)
         if sig:
-            attrs["tapio.process.exit.signal"] = signal_name(sig)
+            attrs["tapio.process.exit.signal"] = vocab.signal_text(sig)
             attrs["tapio.process.exit.signal_number"] = sig
             attrs["tapio.process.core_dumped"] = bool(p.get("core_dumped"))
     attrs.update(_context_attributes(p.get("context")))
@@ -480,7 +472,6 @@ def process_attributes(p, group):
 
 def event_span(event, group):
     """(name, attributes, start, end, error text or None) of the span of one event."""
-    from tapio import events_json
     ts = int(event.get("timestamp_ns") or 0)
     kind = event.get("type")
     attrs = {"process.pid": event.get("pid"), "process.parent_pid": event.get("ppid"),
@@ -523,7 +514,7 @@ def event_span(event, group):
         sig = d.get("signal") or 0
         attrs["process.exit.code"] = 128 + sig if sig else d.get("exit_code", 0)
         if sig:
-            attrs["tapio.process.exit.signal"] = events_json.signal_name(sig)
+            attrs["tapio.process.exit.signal"] = vocab.signal_text(sig)
     elif kind == "exec":
         d = event["exec"]
         name = "process.exec"

@@ -24,13 +24,13 @@ import sqlite3
 import threading
 import time
 
-from tapio import events_json
+from tapio import vocab
 from tapio._fast.correlate import match_records
 
 log = logging.getLogger("tapio.server.store")
 
-EVENT_TYPES = {name: number for number, name in events_json.EVENT_TYPES.items()}
-GROUP_KINDS = ("process_tree", "crash_loop", "oom_kill", "connectivity_degradation", "fatal_signal")
+EVENT_TYPES = vocab.EVENT_TYPE_NUMBERS
+GROUP_KINDS = vocab.GROUP_KINDS
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS groups (
@@ -88,14 +88,8 @@ class Match:
     @classmethod
     def make(cls, types=(), pids=(), comm=None, binary=None, containers=(), pods=(),
              namespaces=(), kinds=(), collectors=()):
-        types = tuple(str(t) for t in _as_tuple(types))
-        bad = [t for t in types if t not in EVENT_TYPES]
-        if bad:
-            raise ValueError(f"unknown event type(s) {', '.join(bad)}: use {', '.join(EVENT_TYPES)}")
-        kinds = tuple(str(k) for k in _as_tuple(kinds))
-        bad = [k for k in kinds if k not in GROUP_KINDS]
-        if bad:
-            raise ValueError(f"unknown group kind(s) {', '.join(bad)}: use {', '.join(GROUP_KINDS)}")
+        types = tuple(vocab.event_type_name(vocab.event_type_number(t)) for t in _as_tuple(types))
+        kinds = tuple(vocab.group_kind(str(k)) for k in _as_tuple(kinds))
         pods = tuple(str(p) for p in _as_tuple(pods))
         for p in pods:
             _compile(p, "pod")
@@ -411,9 +405,7 @@ class Store:
         name like "exec"; container an id prefix or a container name)."""
         type_number = 0
         if type:
-            if type not in EVENT_TYPES:
-                raise ValueError(f"unknown event type {type!r}: use {', '.join(EVENT_TYPES)}")
-            type_number = EVENT_TYPES[type]
+            type_number = vocab.event_type_number(type)
         limit = max(0, int(limit))
         comm_b = comm.encode() if comm else None
         container_b = container.encode() if container else None

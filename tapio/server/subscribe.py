@@ -13,7 +13,7 @@ import threading
 
 import grpc
 
-from tapio import events_json
+from tapio import vocab
 from tapio.server.store import EVENT_TYPES, Filter, Match
 from tapio.v1 import events_pb2, query_pb2, query_pb2_grpc
 
@@ -24,8 +24,8 @@ MAX_LIMIT = 1000
 MAX_BACKFILL = 1000
 
 _CONTEXT_FIELDS = [f.name for f in events_pb2.Context.DESCRIPTOR.fields if f.type == f.TYPE_STRING]
-_RESULTS = {name: number for number, name in events_json.CONNECT_RESULTS.items()}
-_FAMILIES = {name: number for number, name in events_json.IP_FAMILIES.items()}
+_RESULTS = {name: number for number, name in vocab.CONNECT_RESULTS.items()}
+_FAMILIES = {name: number for number, name in vocab.IP_FAMILIES.items()}
 
 
 # ---- dicts <-> messages ---------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def group_dict(m):
 
 
 def match_from_proto(f):
-    return Match.make(types=[events_json.event_type_name(t) for t in f.event_types],
+    return Match.make(types=[vocab.event_type_name(t) for t in f.event_types],
                       pids=list(f.pids), comm=f.comm_regex or None, binary=f.binary_regex or None,
                       containers=list(f.containers), pods=list(f.pods),
                       namespaces=list(f.namespaces), kinds=list(f.group_kinds),
@@ -271,7 +271,7 @@ class QueryService(query_pb2_grpc.TapioQueryServicer):
         self._check(context)
         try:
             found = self.store.recent_events(
-                type=events_json.event_type_name(request.event_type) if request.event_type else None,
+                type=vocab.event_type_name(request.event_type) if request.event_type else None,
                 pid=request.pid or None, comm=request.comm or None,
                 container=request.container or None, collector=request.collector_id or None,
                 limit=min(request.limit or 100, MAX_LIMIT))

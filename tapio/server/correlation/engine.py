@@ -19,10 +19,11 @@ import signal as _signal
 import threading
 import time
 
+from tapio import vocab
 from tapio._fast.correlate import Correlator, match_records
 from tapio.server.correlation.config import CorrelationConfig
 from tapio.server.correlation.groups import (
-    SI_CODES, Group, counted, exit_text, fmt_bytes, fmt_duration, signal_name, subject_name, where,
+    SI_CODES, Group, counted, fmt_bytes, fmt_duration, subject_name, where,
 )
 from tapio.server.correlation.recent import RecentBatches
 
@@ -333,7 +334,7 @@ class _Collector:
         group.severity = "warning" if failed else "info"
         names = collections.Counter()
         for p in processes[1:]:
-            label = p["comm"] + (f" ({exit_text(p['exit_code'], p['signal'])})"
+            label = p["comm"] + (f" ({vocab.exit_text(p['exit_code'], p['signal'])})"
                                  if p["exit_code"] or p["signal"] else "")
             names[label] += 1
         ran = counted(names) if names else "no other process"
@@ -341,13 +342,13 @@ class _Collector:
         group.summary = (f"{root['comm']} (pid {root['pid']}{', ' + place if place else ''}) and "
                          f"{info['processes'] - 1} descendant(s) in "
                          f"{fmt_duration(group.end_ns - group.start_ns)}: {ran}"
-                         + (f"; {exit_text(root['exit_code'], root['signal'])}"
+                         + (f"; {vocab.exit_text(root['exit_code'], root['signal'])}"
                             if root["exit_code"] or root["signal"] else "")
                          + (" (still running when closed)" if info["forced"] else ""))
         if failed:
             first = min(failed, key=lambda p: p["end_ns"])
             group.root_cause = (f"{first['comm']} (pid {first['pid']}) "
-                                f"{exit_text(first['exit_code'], first['signal'], first['core_dumped'])}")
+                                f"{vocab.exit_text(first['exit_code'], first['signal'], first['core_dumped'])}")
         group.status = "closed"
         self.engine.groups_opened[group.kind] += 1
         self.engine.emit(group, True)
@@ -418,7 +419,7 @@ class _Collector:
         codes = collections.Counter()
         for e in exits:
             x = e["exit"]
-            outcomes[exit_text(x["exit_code"], x["signal"])] += e.get("count", 1)
+            outcomes[vocab.exit_text(x["exit_code"], x["signal"])] += e.get("count", 1)
             codes[str(x["signal_name"] if x["signal"] else x["exit_code"])] += e.get("count", 1)
         times = [e["timestamp_ns"] for e in exits]
         intervals = [round((b - a) / 1e9, 3) for a, b in zip(times, times[1:])]
@@ -505,7 +506,7 @@ class _Collector:
         if exec_ev is not None:
             group.set_subject(exec_ev)
         number = sig_ev["signal"]["signal"] if sig_ev else exit_ev["exit"]["signal"]
-        name = signal_name(number)
+        name = vocab.signal_text(number)
         ppid = ((exit_ev or {}).get("ppid") or (node or {}).get("ppid")
                 or (sig_ev or {}).get("ppid") or 0)
         parent = self.core.process(ppid) if ppid else None
@@ -669,7 +670,7 @@ class _Collector:
         subject = next((e for e in group.events if e["type"] == "tcp_connect"), None)
         if subject is not None:
             group.set_subject(subject)
-        addr = _format_addr(info["daddr"])
+        addr = vocab.format_addr(info["daddr"])
         port = info["dport"]
         results = {name: n for name, n in zip(CONNECT_RESULTS, info["by_result"]) if n and name != "ok"}
         group.span(info["first_ns"], max(info["last_fail_ns"], info["last_ok_ns"]))
@@ -701,15 +702,6 @@ class _Collector:
         }.get(top, f"connects to {group.attributes['destination']} fail")
         group.severity = "error" if not info["successes"] and failures >= 4 * self.config.connectivity.threshold else "warning"
         group.confidence = 0.9 if not info["successes"] else 0.7
-
-
-def _format_addr(raw):
-    import ipaddress
-    if len(raw) == 4:
-        return str(ipaddress.IPv4Address(raw))
-    if len(raw) == 16:
-        return str(ipaddress.IPv6Address(raw))
-    return raw.hex()
 
 
 def process_entry(node, exec_ev, exit_ev, now_ns, fallback=None):

@@ -20,14 +20,8 @@ API all read the same shape):
 import secrets
 import signal as _signal
 
-KINDS = {
-    "process_tree": "process_lifecycle",
-    "crash_loop": "service_reliability_incident",
-    "oom_kill": "memory_exhaustion_investigation",
-    "connectivity_degradation": "connectivity_degradation",
-    "fatal_signal": "process_crash_investigation",
-}
-SEVERITIES = ("info", "warning", "error", "critical")
+from tapio.vocab import GROUP_KINDS, SEVERITIES, exit_text, signal_text  # noqa: F401 (re-exported words)
+
 MAX_EVENT_IDS = 1000
 
 SUBJECT_KEYS = ("pid", "comm", "executable", "container_id", "container_name", "pod_uid",
@@ -40,7 +34,7 @@ class Group:
     def __init__(self, kind, collector_id, node, start_ns, max_events=200):
         self.id = secrets.token_hex(16)
         self.kind = kind
-        self.intent = KINDS[kind]
+        self.intent = GROUP_KINDS[kind]
         self.severity = "info"
         self.confidence = 1.0
         self.start_ns = start_ns
@@ -122,13 +116,6 @@ class Group:
 
 # ---- words ----------------------------------------------------------------------------------
 
-def signal_name(number):
-    try:
-        return _signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
 def fmt_bytes(n):
     if not n:
         return "0 B"
@@ -186,12 +173,6 @@ def subject_name(event):
     if exe:
         return exe.rsplit("/", 1)[-1]
     return event.get("comm") or f"pid {event.get('pid')}"
-
-
-def exit_text(code, sig, core=False):
-    if sig:
-        return f"killed by {signal_name(sig)}" + (" (core dumped)" if core else "")
-    return f"exit code {code}"
 
 
 def counted(items):

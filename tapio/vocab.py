@@ -1,4 +1,10 @@
-"""The JSON shape of an event: `tapio-collector --output` and `tapio-server --events-out`.
+"""Tapio's vocabulary: every name and text form a user reads, written once.
+
+Event types and their spellings, group kinds and their intents, severities, signal names, exit
+and address text: the collector, the server, the follower, the OTel mapping, the store and (through
+`/api/v1/vocabulary`) the dashboard all take them from here.
+
+The JSON shape of an event (`tapio-collector --output`, `tapio-server --events-out`):
 
 One compact object per line, built by `tapio._fast.codec.DecodedBatch.event_dict`:
 
@@ -12,9 +18,9 @@ One compact object per line, built by `tapio._fast.codec.DecodedBatch.event_dict
      "process":{...},           who: executable, command_line, user, ancestors, start_time_ns
      "exec":{...}}              the details, keyed by their type's name
 
-This module holds the names and the text forms of values. Names come from the wire contract's
-enums (EVENT_TYPE_TCP_CONNECT -> "tcp_connect"), so they cannot drift from it; a value a newer
-peer sends that this contract does not know is shown as "unknown_<n>".
+Event type names come from the wire contract's enums (EVENT_TYPE_TCP_CONNECT -> "tcp_connect"),
+so they cannot drift from it; a value a newer peer sends that this contract does not know is shown
+as "unknown_<n>".
 """
 import datetime
 import ipaddress
@@ -35,8 +41,39 @@ IP_FAMILIES = _enum_names(events_pb2.IpFamily, "IP_FAMILY_")         # 4: "ipv4"
 CONNECT_RESULTS = _enum_names(events_pb2.ConnectResult, "CONNECT_RESULT_")  # 0: "ok", ...
 
 
+# Other spellings users type for an event type; the public one is the wire's ("oom_kill").
+EVENT_TYPE_ALIASES = {"oom": "oom_kill"}
+EVENT_TYPE_NUMBERS = {name: number for number, name in EVENT_TYPES.items()}
+
+# Group kinds and the intent each one serves: what an operator does with such a group.
+GROUP_KINDS = {
+    "process_tree": "process_lifecycle",
+    "crash_loop": "service_reliability_incident",
+    "oom_kill": "memory_exhaustion_investigation",
+    "connectivity_degradation": "connectivity_degradation",
+    "fatal_signal": "process_crash_investigation",
+}
+SEVERITIES = ("info", "warning", "error", "critical")
+
+
 def event_type_name(number):
     return EVENT_TYPES.get(number) or f"unknown_{number}"
+
+
+def event_type_number(name):
+    """The wire number of a type name or alias ("oom" -> 6); ValueError names the choices."""
+    key = str(name).strip().lower()
+    key = EVENT_TYPE_ALIASES.get(key, key)
+    if key not in EVENT_TYPE_NUMBERS:
+        raise ValueError(f"unknown event type {name!r}: use {', '.join(EVENT_TYPE_NUMBERS)}")
+    return EVENT_TYPE_NUMBERS[key]
+
+
+def group_kind(name):
+    """A group kind as given, checked; ValueError names the choices."""
+    if name not in GROUP_KINDS:
+        raise ValueError(f"unknown group kind {name!r}: use {', '.join(GROUP_KINDS)}")
+    return name
 
 
 def ip_family_name(number):
@@ -53,6 +90,18 @@ def signal_name(number):
         return signal.Signals(number).name
     except ValueError:
         return None
+
+
+def signal_text(number):
+    """"SIGSEGV" for 11, "signal 77" for a number without a name: for sentences."""
+    return signal_name(number) or f"signal {number}"
+
+
+def exit_text(code, sig=0, core=False):
+    """How a process ended, in words: "exit code 1", "killed by SIGKILL (core dumped)"."""
+    if sig:
+        return f"killed by {signal_text(sig)}" + (" (core dumped)" if core else "")
+    return f"exit code {code}"
 
 
 def format_time(ns):
