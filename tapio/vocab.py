@@ -43,7 +43,7 @@ CONNECT_RESULTS = _enum_names(events_pb2.ConnectResult, "CONNECT_RESULT_")  # 0:
 
 # Other spellings users type for an event type; the public one is the wire's ("oom_kill").
 EVENT_TYPE_ALIASES = {"oom": "oom_kill"}
-EVENT_TYPE_NUMBERS = {name: number for number, name in EVENT_TYPES.items()}
+EVENT_TYPE_NUMBERS = {name: number for number, name in EVENT_TYPES.items() if number}
 
 # Group kinds and the intent each one serves: what an operator does with such a group.
 GROUP_KINDS = {
