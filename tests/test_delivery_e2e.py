@@ -132,8 +132,12 @@ def spool_records(data):
 
 
 def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    """Resident set of a process; 0 once it has exited (a zombie's status has no VmRSS line)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+    except FileNotFoundError:
+        return 0
 
 
 def test_slow_server_bounded_memory_and_counted_drops(tmp_path):
