@@ -1,6 +1,6 @@
 """tapio.v1.TapioQuery over real gRPC (a grpcio server on 127.0.0.1 with the store behind it):
-Subscribe with allow/deny filters, backfill, bearer tokens, the list calls, and the
-`tapio-server events|groups` commands that use them."""
+Subscribe with allow/deny filters, backfill, bearer tokens, the list calls, events served as the
+bytes the collector sent, and the `tapio-server events|groups` commands that use them."""
 import concurrent.futures
 import json
 import os
@@ -9,10 +9,12 @@ import subprocess
 import grpc
 import pytest
 
+from tapio._fast.codec import DecodedBatch
 from tapio.server.auth import TokenAuth
 from tapio.server.store import Store
-from tapio.server.subscribe import QueryService, event_message, group_dict
-from tapio.v1 import events_pb2, query_pb2, query_pb2_grpc
+from tapio.server.follow import event_dicts, group_dict
+from tapio.server.subscribe import QueryService
+from tapio.v1 import events_pb2, query_pb2, query_pb2_grpc, stream_pb2
 from tests.correlation_fixtures import CONTAINER, Events, State, pod_context
 from tests.helpers import BIN, read_in_background, wait_until
 from tests.test_store import group
@@ -116,7 +118,8 @@ def test_list_get_and_events(server, store):
         page = stub.ListGroups(query_pb2.ListGroupsRequest(limit=4, before=page.next_before), timeout=10)
         assert [g.summary for g in page.groups] == ["group 3", "group 2", "group 1"] and not page.next_before
         full = stub.GetGroup(query_pb2.GetGroupRequest(id=f"{3:032x}"), timeout=10)
-        assert group_dict(full)["attributes"]["pid"] == 103 and [e.id for e in full.events] == ["ebpf-3"]
+        assert group_dict(full)["attributes"]["pid"] == 103
+        assert group_dict(full)["events"] == [{"id": "ebpf-3", "type": "exit", "pid": 103}]
         with pytest.raises(grpc.RpcError) as e:
             stub.GetGroup(query_pb2.GetGroupRequest(id="nope"), timeout=10)
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
@@ -125,21 +128,107 @@ def test_list_get_and_events(server, store):
         assert list(events.collector_ids) == ["node-a"]
 
 
-def test_event_messages_round_trip_through_the_codec():
-    from tapio._fast.codec import DecodedBatch
-    from tapio.v1 import stream_pb2
+def sent_events(batch_request):
+    """The serialized Events inside TapioStreamEventsRequest{batch} bytes, sliced out as they are
+    (no protobuf object): what a collector sent, byte for byte."""
+    def fields(data):
+        i = 0
+        while i < len(data):
+            tag, i = varint(data, i)
+            assert tag & 7 == 2, "only length-delimited fields are walked"
+            n, i = varint(data, i)
+            yield tag >> 3, data[i:i + n]
+            i += n
+
+    def varint(data, i):
+        value = shift = 0
+        while True:
+            b = data[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return value, i
+    [(number, batch)] = fields(batch_request)
+    assert number == 2
+    out = []
+    i = 0
+    while i < len(batch):              # EventBatch: keep field 3 (events), skip the scalars
+        tag, i = varint(batch, i)
+        kind = tag & 7
+        if kind == 2:
+            n, i = varint(batch, i)
+            if tag >> 3 == 3:
+                out.append(batch[i:i + n])
+            i += n
+        elif kind == 0:
+            _, i = varint(batch, i)
+        elif kind == 1:
+            i += 8
+        else:
+            raise AssertionError(f"wire type {kind}")
+    return out
+
+
+def rich_events(ev):
+    """One event of each type, with context, process, args, IPv6, collapsed repeats."""
+    return [ev.exec(1, 0, "sh", context=pod_context(), args=["sh", "-c", "echo hi"]),
+            ev.exit(1, 0, "sh", code=3),
+            ev.connect(2, "curl", "fd00::1", 443, result="reset", count=3),
+            ev.oom(3, "big"), ev.signal(4, "x", 11, code=1, sender_pid=4)]
+
+
+def test_list_events_returns_the_bytes_the_collector_sent(server, store):
     ev = Events()
-    originals = [ev.exec(1, 0, "sh", context=pod_context()), ev.exit(1, 0, "sh", code=3),
-                 ev.connect(2, "curl", "fd00::1", 443, result="reset", count=3),
-                 ev.oom(3, "big"), ev.signal(4, "x", 11, code=1, sender_pid=4)]
+    request = stream_pb2.TapioStreamEventsRequest(batch=stream_pb2.EventBatch(
+        batch_id=1, collector_id="node-a", node_name="node-a", events=rich_events(ev)))
+    data = request.SerializeToString()
+    store.add_batch(DecodedBatch.parse(data), State())
+    sent = sent_events(data)
+    with grpc.insecure_channel(server.address) as channel:
+        # the contract's message: every Event equal to what was sent, newest first
+        response = query_pb2_grpc.TapioQueryStub(channel).ListEvents(query_pb2.ListEventsRequest(), timeout=10)
+        assert [e.SerializeToString() for e in response.events] == sent[::-1]
+        assert list(response.collector_ids) == ["node-a"] * 5
+        # the byte view: the same bytes, not decoded and encoded again on the way
+        raw = channel.unary_unary("/tapio.v1.TapioQuery/ListEvents",
+                                  request_serializer=query_pb2.ListEventsRequest.SerializeToString,
+                                  response_deserializer=query_pb2.ListEventsResponseBytes.FromString)
+        assert list(raw(query_pb2.ListEventsRequest(), timeout=10).events) == sent[::-1]
+        exits = raw(query_pb2.ListEventsRequest(event_type=events_pb2.EVENT_TYPE_EXIT), timeout=10)
+        assert list(exits.events) == [sent[1]]
+
+
+def test_subscribe_streams_the_bytes_the_collector_sent(server, store):
+    ev = Events()
+    channel = grpc.insecure_channel(server.address)
+    call = channel.unary_stream("/tapio.v1.TapioQuery/Subscribe",
+                                request_serializer=query_pb2.SubscribeRequest.SerializeToString,
+                                response_deserializer=query_pb2.SubscribeResponseBytes.FromString)(
+        query_pb2.SubscribeRequest(events=True), timeout=30)
+    got, _ = read_in_background(call)
+    wait_until(lambda: store.stats()["subscribers"] == 1, 10, what="the subscription")
+    data = stream_pb2.TapioStreamEventsRequest(batch=stream_pb2.EventBatch(
+        batch_id=1, collector_id="node-a", events=rich_events(ev))).SerializeToString()
+    store.add_batch(DecodedBatch.parse(data), State())
+    wait_until(lambda: len(got) >= 5, 10, what="five events")
+    call.cancel()
+    channel.close()
+    assert [r.event for r in got] == sent_events(data)
+    assert {r.collector_id for r in got} == {"node-a"}
+
+
+def test_the_follower_decodes_event_bytes_with_the_codec():
+    ev = Events()
+    originals = rich_events(ev)
     batch = ev.batch(*originals)
-    for i, original in enumerate(originals):
-        message = event_message(batch.event_dict(i))
-        assert message == original, original.type
-        again = DecodedBatch.parse(stream_pb2.TapioStreamEventsRequest(event=message).SerializeToString())
-        batch_keys = ("batch", "collector", "node")     # of the batch, not of the event
-        assert ({k: v for k, v in again.event_dict(0).items() if k not in batch_keys}
-                == {k: v for k, v in batch.event_dict(i).items() if k not in batch_keys})
+    batch_keys = ("batch", "collector", "node")     # of the batch, not of the event
+    want = [{k: v for k, v in batch.event_dict(i).items() if k not in batch_keys}
+            for i in range(len(batch))]
+    got = event_dicts([e.SerializeToString() for e in originals], ["node-a"] * 5)
+    assert [{k: v for k, v in e.items() if k != "collector_id"} for e in got] == want
+    assert {e["collector_id"] for e in got} == {"node-a"}
+    assert event_dicts([]) == []
 
 
 def test_the_bearer_token_is_required(store, tmp_path):

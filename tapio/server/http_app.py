@@ -410,6 +410,9 @@ class ServerMetrics:
             store = s.store.stats()
             f.gauge("tapio_store_events", "Recent events kept in memory for the API")
             f.add("tapio_store_events", store.get("events_kept"))
+            f.gauge("tapio_store_events_bytes",
+                    "Memory the recent events take (their batches' wire bytes and decoded records)")
+            f.add("tapio_store_events_bytes", store.get("events_kept_bytes"))
             f.gauge("tapio_store_db_bytes", "Size of the group database on disk (with its WAL)")
             f.add("tapio_store_db_bytes", store.get("db_bytes"))
             f.counter("tapio_store_subscriber_drops_total", "Live-view items a slow subscriber missed")
