@@ -290,3 +290,43 @@ def test_the_groups_and_events_commands(server, store):
     assert json.loads(line)["comm"] == "cat" and json.loads(line)["collector_id"] == "node-a"
     bad = run_cli("events", "--server", server.address, "--type", "fork")
     assert bad.returncode == 2 and "unknown event type" in bad.stderr
+
+
+def test_a_running_server_lists_the_events_byte_for_byte_as_sent(tmp_path):
+    """A real tapio-server process: batches the collector's encoder made (synthetic kernel
+    events of every type) and one built by the protobuf library (contexts, processes, collapsed
+    repeats) go in over StreamEvents; ListEvents gives back every Event byte for byte."""
+    from tapio._fast import synthetic
+    from tapio._fast.arena import EventArena
+    from tapio._fast.codec import BatchEncoder
+    from tests.helpers import ServerProcess
+    arena = EventArena(64)
+    assert synthetic.fill(arena, 1, 64) == 64
+    encoded = [BatchEncoder("node-a", "node-a", 0).encode(arena, 1, 1)]
+    arena.clear()
+    synthetic.fill(arena, 65, 40)
+    encoded.append(BatchEncoder("node-a", "node-a", 0).encode(arena, 2, 65))
+    ev = Events(collector="node-a")
+    encoded.append(stream_pb2.TapioStreamEventsRequest(batch=stream_pb2.EventBatch(
+        batch_id=3, collector_id="node-a", node_name="node-a", events=rich_events(ev))).SerializeToString())
+    sent = [e for data in encoded for e in sent_events(data)]
+    assert len(sent) == 64 + 40 + 5
+
+    server = ServerProcess(tmp_path).wait_listening()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stream = channel.stream_stream("/tapio.v1.TapioService/StreamEvents")
+            acks = [stream_pb2.TapioStreamEventsResponse.FromString(r) for r in stream(iter(encoded), timeout=30)]
+            assert [a.ack.batch_id for a in acks if a.HasField("ack")] == [1, 2, 3]
+            raw = channel.unary_unary("/tapio.v1.TapioQuery/ListEvents",
+                                      request_serializer=query_pb2.ListEventsRequest.SerializeToString,
+                                      response_deserializer=query_pb2.ListEventsResponseBytes.FromString)
+            listed = raw(query_pb2.ListEventsRequest(limit=1000), timeout=10)
+            assert list(listed.events) == sent[::-1]
+            assert set(listed.collector_ids) == {"node-a"}
+            typed = query_pb2_grpc.TapioQueryStub(channel).ListEvents(
+                query_pb2.ListEventsRequest(event_type=events_pb2.EVENT_TYPE_EXEC, limit=1000), timeout=10)
+            execs = [e for e in sent if events_pb2.Event.FromString(e).type == events_pb2.EVENT_TYPE_EXEC]
+            assert execs and [e.SerializeToString() for e in typed.events] == execs[::-1]
+    finally:
+        assert server.stop() == 0, server.log()
