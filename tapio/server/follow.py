@@ -10,12 +10,11 @@ Filters (events and groups; regexes are searched): --type, --pid, --comm, --bina
 (an id prefix or a name), --pod (a name regex or a UID), --namespace, --kind (groups), --collector;
 --deny-comm/--deny-binary leave matches out (Tetragon's deny list). --output json prints one JSON
 object per line. --count and --timeout end a follow.
-
-A client of tapio.v1.TapioQuery: it shares the filter language (tapio/server/filters.py) and the
-vocabulary with the server and nothing else. Events arrive as their original tapio.v1.Event
-bytes (read through the byte views of the responses) and are decoded by the codec that decodes
-a collector's batches, into the same JSON shape.
 """
+# A client of tapio.v1.TapioQuery: it shares the filter language (tapio/server/filters.py) and
+# the vocabulary with the server, nothing else. Events arrive as their original tapio.v1.Event
+# bytes (the byte views of the responses) and the codec that decodes a collector's batches turns
+# them into the same JSON shape.
 import json
 import signal
 import sys
@@ -199,18 +198,22 @@ def group_dict(m):
     return group
 
 
-def _stub(channel):
-    """TapioQuery calls; Subscribe and ListEvents read through the byte views, so each event
-    stays the bytes the collector sent until the codec decodes it."""
-    stub = query_pb2_grpc.TapioQueryStub(channel)
-    method = "/tapio.v1.TapioQuery/"
-    stub.Subscribe = channel.unary_stream(
-        method + "Subscribe", request_serializer=query_pb2.SubscribeRequest.SerializeToString,
-        response_deserializer=query_pb2.SubscribeResponseBytes.FromString)
-    stub.ListEvents = channel.unary_unary(
-        method + "ListEvents", request_serializer=query_pb2.ListEventsRequest.SerializeToString,
-        response_deserializer=query_pb2.ListEventsResponseBytes.FromString)
-    return stub
+class _Query:
+    """TapioQuery calls. Subscribe and ListEvents read the responses through their byte views,
+    so each event stays the bytes the collector sent until the codec decodes it."""
+
+    def __init__(self, channel):
+        stub = query_pb2_grpc.TapioQueryStub(channel)
+        self.ListGroups = stub.ListGroups
+        self.GetGroup = stub.GetGroup
+        self.Subscribe = channel.unary_stream(
+            "/tapio.v1.TapioQuery/Subscribe",
+            request_serializer=query_pb2.SubscribeRequest.SerializeToString,
+            response_deserializer=query_pb2.SubscribeResponseBytes.FromString)
+        self.ListEvents = channel.unary_unary(
+            "/tapio.v1.TapioQuery/ListEvents",
+            request_serializer=query_pb2.ListEventsRequest.SerializeToString,
+            response_deserializer=query_pb2.ListEventsResponseBytes.FromString)
 
 
 # ---- commands -------------------------------------------------------------------------------------
@@ -229,7 +232,7 @@ def main(argv):
     printed = 0
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with _channel(args) as channel:
-        stub = _stub(channel)
+        stub = _Query(channel)
         try:
             if what == "groups" and args.id:
                 group = group_dict(stub.GetGroup(query_pb2.GetGroupRequest(id=args.id),
