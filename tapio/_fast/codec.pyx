@@ -325,6 +325,16 @@ cdef class DecodedBatch:
         return self.c.count
 
     @property
+    def nbytes(self):
+        """The memory this batch holds: its input bytes and the record arrays decoded from them
+        (as allocated), for owners that bound what they keep in bytes (the server's store)."""
+        return (self.c.size + self.c.records_cap * sizeof(tapio_record)
+                + self.c.contexts_cap * sizeof(tapio_context_rec)
+                + self.c.processes_cap * sizeof(tapio_process_rec)
+                + self.c.collapses_cap * sizeof(tapio_collapsed_rec)
+                + self.c.spans_cap * sizeof(tapio_span))
+
+    @property
     def kind(self):
         """"batch", "event", "hello" or "control": which member of the request oneof is set."""
         return REQUEST_KINDS[self.c.kind]
