@@ -330,3 +330,24 @@ def test_a_running_server_lists_the_events_byte_for_byte_as_sent(tmp_path):
             assert execs and [e.SerializeToString() for e in typed.events] == execs[::-1]
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_the_follower_and_the_filter_language_import_nothing_else_of_the_server():
+    """follow.py is a client: of the server's modules it shares the filter language only, and
+    that imports none of them (no arrow runs back up the layers)."""
+    import ast
+    import tapio.server.filters
+    import tapio.server.follow
+
+    def imported(module):
+        with open(module.__file__, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                names.add(node.module)
+        return {n for n in names if n.startswith("tapio.server")}
+    assert imported(tapio.server.follow) == {"tapio.server.filters"}
+    assert imported(tapio.server.filters) == set()
