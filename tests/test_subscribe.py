@@ -299,7 +299,7 @@ def test_a_running_server_lists_the_events_byte_for_byte_as_sent(tmp_path):
     from tapio._fast import synthetic
     from tapio._fast.arena import EventArena
     from tapio._fast.codec import BatchEncoder
-    from tests.helpers import ServerProcess
+    from tests.helpers import ServerProcess, http_json
     arena = EventArena(64)
     assert synthetic.fill(arena, 1, 64) == 64
     encoded = [BatchEncoder("node-a", "node-a", 0).encode(arena, 1, 1)]
@@ -312,7 +312,7 @@ def test_a_running_server_lists_the_events_byte_for_byte_as_sent(tmp_path):
     sent = [e for data in encoded for e in sent_events(data)]
     assert len(sent) == 64 + 40 + 5
 
-    server = ServerProcess(tmp_path).wait_listening()
+    server = ServerProcess(tmp_path, ["--recent-events-memory", "4MiB"], http=True).wait_listening()
     try:
         with grpc.insecure_channel(server.address) as channel:
             stream = channel.stream_stream("/tapio.v1.TapioService/StreamEvents")
@@ -328,6 +328,9 @@ def test_a_running_server_lists_the_events_byte_for_byte_as_sent(tmp_path):
                 query_pb2.ListEventsRequest(event_type=events_pb2.EVENT_TYPE_EXEC, limit=1000), timeout=10)
             execs = [e for e in sent if events_pb2.Event.FromString(e).type == events_pb2.EVENT_TYPE_EXEC]
             assert execs and [e.SerializeToString() for e in typed.events] == execs[::-1]
+        store = http_json(server.http_url + "/api/v1/stats")[1]["store"]
+        assert store["events_kept"] == len(sent) and store["events_kept_max_bytes"] == 4 << 20
+        assert len(b"".join(encoded)) < store["events_kept_bytes"] < 4 << 20
     finally:
         assert server.stop() == 0, server.log()
 
