@@ -16,7 +16,7 @@ import uuid
 import grpc
 import pytest
 
-from tapio.server.subscribe import group_dict
+from tapio.server.follow import group_dict
 from tapio.v1 import events_pb2, query_pb2, query_pb2_grpc
 from tests.correlation_fixtures import OtlpReceiver
 from tests.fixtures.enrich.cgroups import CgroupTree, require_cgroup_root
@@ -86,7 +86,7 @@ class Stack:
     def full(self, group_id):
         channel, stub = self.stub()
         with channel:
-            return stub.GetGroup(query_pb2.GetGroupRequest(id=group_id), timeout=10)
+            return group_dict(stub.GetGroup(query_pb2.GetGroupRequest(id=group_id), timeout=10))
 
     def wait_trace(self, trace_id, count, what):
         return wait_until(lambda: len(self.receiver.trace(trace_id)) >= count and self.receiver.trace(trace_id),
@@ -169,7 +169,7 @@ def test_an_oom_kill_is_a_group_and_a_trace_with_the_victim(stack, memory_cgroup
     assert group["severity"] == "critical" and group["intent"] == "memory_exhaustion_investigation"
     assert "OOM-killed" in group["summary"] and name in group["root_cause"]
     full = stack.full(group["id"])
-    assert {e.type for e in full.events} >= {events_pb2.EVENT_TYPE_OOM_KILL, events_pb2.EVENT_TYPE_EXIT}
+    assert {e["type"] for e in full["events"]} >= {"oom_kill", "exit"}
     spans = stack.wait_trace(group["trace_id"], 3, "the OOM trace")
     root = next(s for s in spans if s["name"] == "semantic.memory_exhaustion_investigation")
     assert root["parent_span_id"] == "" and root["attributes"]["tapio.group.id"] == group["id"]
@@ -292,7 +292,7 @@ def test_groups_survive_a_server_restart(stack):
     for gid, g in before.items():
         assert after[gid]["summary"] == g["summary"] and after[gid]["kind"] == g["kind"]
     crash = next(g for g in before.values() if g["kind"] == "crash_loop")
-    assert [e.id for e in stack.full(crash["id"]).events] == crash["event_ids"]
+    assert [e["id"] for e in stack.full(crash["id"])["events"]] == crash["event_ids"]
     listed = subprocess.run([os.path.join(os.path.dirname(sys.executable), "tapio-server"), "groups",
                              "--server", stack.server.address, "--kind", "crash_loop", "--limit", "50"],
                             capture_output=True, text=True, timeout=30)

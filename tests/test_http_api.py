@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from tapio import vocab
 from tapio._fast import synthetic
 from tapio._fast.arena import EventArena
 from tapio._fast.codec import BatchEncoder, DecodedBatch
@@ -207,6 +208,23 @@ async def test_unknown_paths_and_methods(api):
     assert status == 200 and body == b"" and int(headers["content-length"]) > 0
 
 
+async def test_the_vocabulary_is_tapio_vocab(api):
+    status, body = await api.json("/api/v1/vocabulary")
+    assert status == 200
+    assert body["event_types"] == [name for number, name in sorted(vocab.EVENT_TYPES.items()) if number]
+    assert body["event_type_aliases"] == {"oom": "oom_kill"}
+    assert {k["kind"]: k["intent"] for k in body["group_kinds"]} == vocab.GROUP_KINDS
+    assert body["severities"] == list(vocab.SEVERITIES)
+    assert body["drop_stages"] == ["kernel", "processor", "buffer", "decode", "exporter"]
+    status, body = await api.json("/api/v1/vocabulary?x=1")
+    assert status == 400
+    # the dashboard holds no list of its own: it reads this
+    _, _, script = await api.get("/dashboard/app.js")
+    assert b"/api/v1/vocabulary" in script
+    for kind in set(vocab.GROUP_KINDS) - set(vocab.EVENT_TYPE_NUMBERS):   # oom_kill is both
+        assert kind.encode() not in script, kind
+
+
 async def test_dashboard_files_are_served_and_nothing_else(api):
     status, headers, body = await api.get("/")
     assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
@@ -222,7 +240,8 @@ async def test_dashboard_files_are_served_and_nothing_else(api):
         assert status == 404, path
 
 
-ENDPOINTS = ["/api/v1/stats", "/api/v1/collectors", "/api/v1/events", "/api/v1/groups", "/api/v1/groups/x"]
+ENDPOINTS = ["/api/v1/stats", "/api/v1/collectors", "/api/v1/events", "/api/v1/groups", "/api/v1/groups/x",
+             "/api/v1/vocabulary"]
 NAMES = ["limit", "pid", "type", "comm", "container", "collector", "kind", "since", "before", "x"]
 
 

@@ -1,12 +1,15 @@
-"""The store: recent events by batch, groups in a real SQLite file (restart, pagination,
-retention), subscriptions with allow/deny filters and bounded queues, and concurrent use."""
+"""The store: recent events by batch (bounded in bytes), groups in a real SQLite file (restart,
+pagination, retention), subscriptions with allow/deny filters and bounded queues, and concurrent
+use."""
 import json
 import sqlite3
 import threading
 
 import pytest
 
-from tapio.server.store import Filter, Match, Store
+from tapio.server.filters import Filter, Match
+from tapio.server.store import Store
+from tapio.v1 import events_pb2
 from tests.correlation_fixtures import CONTAINER, SEC, T0, Events, State, pod_context
 
 
@@ -109,6 +112,18 @@ def test_recent_events_newest_first_with_filters():
     store.close()
 
 
+def drain(sub):
+    out = []
+    while (item := sub.get(timeout=0)) is not None:
+        out.append(item)
+    return out
+
+
+def comm(item):
+    """An event item's comm, read from its wire bytes by the protobuf library."""
+    return events_pb2.Event.FromString(item.value).comm
+
+
 def test_subscriptions_see_only_what_their_filter_allows():
     store = Store()
     ev = Events()
@@ -121,15 +136,10 @@ def test_subscriptions_see_only_what_their_filter_allows():
     store.put_group(group(1, kind="crash_loop"))
     store.put_group(group(2, kind="oom_kill"))
 
-    def drain(sub):
-        out = []
-        while (item := sub.get(timeout=0)) is not None:
-            out.append(item)
-        return out
-    assert [(k, v["comm"]) for k, v in drain(execs)] == [("event", "sh"), ("event", "sleep")]
-    assert [(k, v["kind"]) for k, v in drain(groups)] == [("group", "oom_kill")]
-    assert [v["comm"] for _, v in drain(denied)] == ["ls", "sleep"]
-    assert [k for k, _ in drain(everything)] == ["event"] * 4 + ["group"] * 2
+    assert [(i.kind, comm(i)) for i in drain(execs)] == [("event", "sh"), ("event", "sleep")]
+    assert [(i.kind, i.value["kind"]) for i in drain(groups)] == [("group", "oom_kill")]
+    assert [comm(i) for i in drain(denied)] == ["ls", "sleep"]
+    assert [i.kind for i in drain(everything)] == ["event"] * 4 + ["group"] * 2
     for sub in (execs, groups, denied, everything):
         sub.close()
     assert store.stats()["subscribers"] == 0
@@ -200,4 +210,83 @@ def test_one_writer_and_many_readers_at_once(tmp_path):
     assert errors == []
     assert store.stats()["groups"] == 200
     json.dumps(store.stats())
+    store.close()
+
+
+def test_recent_events_are_bounded_in_bytes_oldest_first_over_all_collectors():
+    ev, other = Events(), Events(collector="node-b")
+    one = ev.batch(*[ev.exec(i, 0, "x") for i in range(10)])
+    size = one.nbytes
+    assert size > 10 * len(one.event_wire(0))      # the wire bytes and the decoded records
+    store = Store(recent_events=1000, recent_bytes=3 * size + size // 2)
+    store.add_batch(one, State())
+    for n in range(2):
+        store.add_batch(other.batch(*[other.exec(100 + 10 * n + i, 0, "y") for i in range(10)]),
+                        State("node-b"))
+    assert store.stats()["events_kept"] == 30
+    store.add_batch(ev.batch(*[ev.exec(20 + i, 0, "x") for i in range(10)]), State())
+    stats = store.stats()
+    assert stats["events_kept"] == 30 and stats["batches_evicted"] == 1
+    assert stats["events_kept_bytes"] <= 3 * size + size // 2
+    # the oldest batch went (node-a's first), not the oldest of the collector with most events
+    assert min(e["pid"] for e in store.recent_events(collector="node-a", limit=100)) == 20
+    assert len(store.recent_events(collector="node-b", limit=100)) == 20
+    # a batch larger than the whole bound is not kept
+    huge = ev.batch(*[ev.exec(1000 + i, 0, "z") for i in range(60)])
+    assert huge.nbytes > store.recent.max_bytes
+    store.add_batch(huge, State())
+    assert store.stats()["events_kept"] == 0 and store.stats()["events_kept_bytes"] == 0
+    store.close()
+
+
+def test_many_small_batches_keep_the_bookkeeping_bounded():
+    ev = Events()
+    store = Store(recent_events=5)
+    for n in range(1000):
+        store.add_batch(ev.batch(ev.exec(n, 0, "x")), State())
+    assert store.stats()["events_kept"] == 5
+    assert len(store.recent._order) <= 2 * 5 + 64
+    assert [e["pid"] for e in store.recent_events()] == [999, 998, 997, 996, 995]
+    store.close()
+
+
+def test_recent_wire_is_each_event_as_it_was_sent():
+    ev = Events()
+    sent = [ev.exec(1, 0, "sh", context=pod_context()), ev.exit(1, 0, "sh", code=2),
+            ev.connect(2, "curl", "10.0.0.1", 80, count=4)]
+    store = Store()
+    store.add_batch(ev.batch(*sent), State())
+    assert store.recent_wire() == [(e.SerializeToString(), "node-a") for e in reversed(sent)]
+    assert store.recent_wire(type="exit") == [(sent[1].SerializeToString(), "node-a")]
+    matching = store.recent_matching(Filter.of({"comm": "^curl$"}), 10)
+    assert [(e["pid"], wire) for e, wire in matching] == [(2, sent[2].SerializeToString())]
+    store.close()
+
+
+def test_a_subscriber_queue_is_bounded_in_bytes():
+    store = Store()
+    ev = Events()
+    batch = ev.batch(*[ev.exec(100 + i, 0, "x") for i in range(10)])
+    three = sum(len(batch.event_wire(i)) for i in range(3))
+    sub = store.subscribe(groups=False, max_bytes=three)
+    store.add_batch(batch, State())
+    assert sub.delivered == 3 and sub.dropped == 7 and sub.queued_bytes() == three
+    drain(sub)
+    assert sub.queued_bytes() == 0
+    sub.close()
+    store.close()
+
+
+def test_filters_by_type_alone_need_no_event_dict():
+    store = Store()
+    ev = Events()
+    by_type = store.subscribe({"types": ["exit"]}, groups=False)
+    kinds_or_exec = store.subscribe({"allow": [{"kinds": ["crash_loop"]}, {"types": ["exec"]}]})
+    assert by_type.by_type and kinds_or_exec.by_type
+    assert not store.subscribe({"types": ["exit"], "comm": "sh"}).by_type
+    store.add_batch(ev.batch(ev.exec(1, 0, "sh"), ev.exit(1, 0, "sh"), ev.exec(2, 0, "ls")), State())
+    store.put_group(group(1, kind="crash_loop"))
+    assert [events_pb2.Event.FromString(i.value).type for i in drain(by_type)] == [events_pb2.EVENT_TYPE_EXIT]
+    assert [comm(i) if i.kind == "event" else i.value["kind"] for i in drain(kinds_or_exec)] \
+        == ["sh", "ls", "crash_loop"]
     store.close()

@@ -1,6 +1,6 @@
 """tapio.v1.TapioQuery over real gRPC (a grpcio server on 127.0.0.1 with the store behind it):
-Subscribe with allow/deny filters, backfill, bearer tokens, the list calls, and the
-`tapio-server events|groups` commands that use them."""
+Subscribe with allow/deny filters, backfill, bearer tokens, the list calls, events served as the
+bytes the collector sent, and the `tapio-server events|groups` commands that use them."""
 import concurrent.futures
 import json
 import os
@@ -9,10 +9,12 @@ import subprocess
 import grpc
 import pytest
 
+from tapio._fast.codec import DecodedBatch
 from tapio.server.auth import TokenAuth
 from tapio.server.store import Store
-from tapio.server.subscribe import QueryService, event_message, group_dict
-from tapio.v1 import events_pb2, query_pb2, query_pb2_grpc
+from tapio.server.follow import event_dicts, group_dict
+from tapio.server.subscribe import QueryService
+from tapio.v1 import events_pb2, query_pb2, query_pb2_grpc, stream_pb2
 from tests.correlation_fixtures import CONTAINER, Events, State, pod_context
 from tests.helpers import BIN, read_in_background, wait_until
 from tests.test_store import group
@@ -116,7 +118,8 @@ def test_list_get_and_events(server, store):
         page = stub.ListGroups(query_pb2.ListGroupsRequest(limit=4, before=page.next_before), timeout=10)
         assert [g.summary for g in page.groups] == ["group 3", "group 2", "group 1"] and not page.next_before
         full = stub.GetGroup(query_pb2.GetGroupRequest(id=f"{3:032x}"), timeout=10)
-        assert group_dict(full)["attributes"]["pid"] == 103 and [e.id for e in full.events] == ["ebpf-3"]
+        assert group_dict(full)["attributes"]["pid"] == 103
+        assert group_dict(full)["events"] == [{"id": "ebpf-3", "type": "exit", "pid": 103}]
         with pytest.raises(grpc.RpcError) as e:
             stub.GetGroup(query_pb2.GetGroupRequest(id="nope"), timeout=10)
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
@@ -125,21 +128,107 @@ def test_list_get_and_events(server, store):
         assert list(events.collector_ids) == ["node-a"]
 
 
-def test_event_messages_round_trip_through_the_codec():
-    from tapio._fast.codec import DecodedBatch
-    from tapio.v1 import stream_pb2
+def sent_events(batch_request):
+    """The serialized Events inside TapioStreamEventsRequest{batch} bytes, sliced out as they are
+    (no protobuf object): what a collector sent, byte for byte."""
+    def fields(data):
+        i = 0
+        while i < len(data):
+            tag, i = varint(data, i)
+            assert tag & 7 == 2, "only length-delimited fields are walked"
+            n, i = varint(data, i)
+            yield tag >> 3, data[i:i + n]
+            i += n
+
+    def varint(data, i):
+        value = shift = 0
+        while True:
+            b = data[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return value, i
+    [(number, batch)] = fields(batch_request)
+    assert number == 2
+    out = []
+    i = 0
+    while i < len(batch):              # EventBatch: keep field 3 (events), skip the scalars
+        tag, i = varint(batch, i)
+        kind = tag & 7
+        if kind == 2:
+            n, i = varint(batch, i)
+            if tag >> 3 == 3:
+                out.append(batch[i:i + n])
+            i += n
+        elif kind == 0:
+            _, i = varint(batch, i)
+        elif kind == 1:
+            i += 8
+        else:
+            raise AssertionError(f"wire type {kind}")
+    return out
+
+
+def rich_events(ev):
+    """One event of each type, with context, process, args, IPv6, collapsed repeats."""
+    return [ev.exec(1, 0, "sh", context=pod_context(), args=["sh", "-c", "echo hi"]),
+            ev.exit(1, 0, "sh", code=3),
+            ev.connect(2, "curl", "fd00::1", 443, result="reset", count=3),
+            ev.oom(3, "big"), ev.signal(4, "x", 11, code=1, sender_pid=4)]
+
+
+def test_list_events_returns_the_bytes_the_collector_sent(server, store):
     ev = Events()
-    originals = [ev.exec(1, 0, "sh", context=pod_context()), ev.exit(1, 0, "sh", code=3),
-                 ev.connect(2, "curl", "fd00::1", 443, result="reset", count=3),
-                 ev.oom(3, "big"), ev.signal(4, "x", 11, code=1, sender_pid=4)]
+    request = stream_pb2.TapioStreamEventsRequest(batch=stream_pb2.EventBatch(
+        batch_id=1, collector_id="node-a", node_name="node-a", events=rich_events(ev)))
+    data = request.SerializeToString()
+    store.add_batch(DecodedBatch.parse(data), State())
+    sent = sent_events(data)
+    with grpc.insecure_channel(server.address) as channel:
+        # the contract's message: every Event equal to what was sent, newest first
+        response = query_pb2_grpc.TapioQueryStub(channel).ListEvents(query_pb2.ListEventsRequest(), timeout=10)
+        assert [e.SerializeToString() for e in response.events] == sent[::-1]
+        assert list(response.collector_ids) == ["node-a"] * 5
+        # the byte view: the same bytes, not decoded and encoded again on the way
+        raw = channel.unary_unary("/tapio.v1.TapioQuery/ListEvents",
+                                  request_serializer=query_pb2.ListEventsRequest.SerializeToString,
+                                  response_deserializer=query_pb2.ListEventsResponseBytes.FromString)
+        assert list(raw(query_pb2.ListEventsRequest(), timeout=10).events) == sent[::-1]
+        exits = raw(query_pb2.ListEventsRequest(event_type=events_pb2.EVENT_TYPE_EXIT), timeout=10)
+        assert list(exits.events) == [sent[1]]
+
+
+def test_subscribe_streams_the_bytes_the_collector_sent(server, store):
+    ev = Events()
+    channel = grpc.insecure_channel(server.address)
+    call = channel.unary_stream("/tapio.v1.TapioQuery/Subscribe",
+                                request_serializer=query_pb2.SubscribeRequest.SerializeToString,
+                                response_deserializer=query_pb2.SubscribeResponseBytes.FromString)(
+        query_pb2.SubscribeRequest(events=True), timeout=30)
+    got, _ = read_in_background(call)
+    wait_until(lambda: store.stats()["subscribers"] == 1, 10, what="the subscription")
+    data = stream_pb2.TapioStreamEventsRequest(batch=stream_pb2.EventBatch(
+        batch_id=1, collector_id="node-a", events=rich_events(ev))).SerializeToString()
+    store.add_batch(DecodedBatch.parse(data), State())
+    wait_until(lambda: len(got) >= 5, 10, what="five events")
+    call.cancel()
+    channel.close()
+    assert [r.event for r in got] == sent_events(data)
+    assert {r.collector_id for r in got} == {"node-a"}
+
+
+def test_the_follower_decodes_event_bytes_with_the_codec():
+    ev = Events()
+    originals = rich_events(ev)
     batch = ev.batch(*originals)
-    for i, original in enumerate(originals):
-        message = event_message(batch.event_dict(i))
-        assert message == original, original.type
-        again = DecodedBatch.parse(stream_pb2.TapioStreamEventsRequest(event=message).SerializeToString())
-        batch_keys = ("batch", "collector", "node")     # of the batch, not of the event
-        assert ({k: v for k, v in again.event_dict(0).items() if k not in batch_keys}
-                == {k: v for k, v in batch.event_dict(i).items() if k not in batch_keys})
+    batch_keys = ("batch", "collector", "node")     # of the batch, not of the event
+    want = [{k: v for k, v in batch.event_dict(i).items() if k not in batch_keys}
+            for i in range(len(batch))]
+    got = event_dicts([e.SerializeToString() for e in originals], ["node-a"] * 5)
+    assert [{k: v for k, v in e.items() if k != "collector_id"} for e in got] == want
+    assert {e["collector_id"] for e in got} == {"node-a"}
+    assert event_dicts([]) == []
 
 
 def test_the_bearer_token_is_required(store, tmp_path):
@@ -201,3 +290,67 @@ def test_the_groups_and_events_commands(server, store):
     assert json.loads(line)["comm"] == "cat" and json.loads(line)["collector_id"] == "node-a"
     bad = run_cli("events", "--server", server.address, "--type", "fork")
     assert bad.returncode == 2 and "unknown event type" in bad.stderr
+
+
+def test_a_running_server_lists_the_events_byte_for_byte_as_sent(tmp_path):
+    """A real tapio-server process: batches the collector's encoder made (synthetic kernel
+    events of every type) and one built by the protobuf library (contexts, processes, collapsed
+    repeats) go in over StreamEvents; ListEvents gives back every Event byte for byte."""
+    from tapio._fast import synthetic
+    from tapio._fast.arena import EventArena
+    from tapio._fast.codec import BatchEncoder
+    from tests.helpers import ServerProcess, http_json
+    arena = EventArena(64)
+    assert synthetic.fill(arena, 1, 64) == 64
+    encoded = [BatchEncoder("node-a", "node-a", 0).encode(arena, 1, 1)]
+    arena.clear()
+    synthetic.fill(arena, 65, 40)
+    encoded.append(BatchEncoder("node-a", "node-a", 0).encode(arena, 2, 65))
+    ev = Events(collector="node-a")
+    encoded.append(stream_pb2.TapioStreamEventsRequest(batch=stream_pb2.EventBatch(
+        batch_id=3, collector_id="node-a", node_name="node-a", events=rich_events(ev))).SerializeToString())
+    sent = [e for data in encoded for e in sent_events(data)]
+    assert len(sent) == 64 + 40 + 5
+
+    server = ServerProcess(tmp_path, ["--recent-events-memory", "4MiB"], http=True).wait_listening()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stream = channel.stream_stream("/tapio.v1.TapioService/StreamEvents")
+            acks = [stream_pb2.TapioStreamEventsResponse.FromString(r) for r in stream(iter(encoded), timeout=30)]
+            assert [a.ack.batch_id for a in acks if a.HasField("ack")] == [1, 2, 3]
+            raw = channel.unary_unary("/tapio.v1.TapioQuery/ListEvents",
+                                      request_serializer=query_pb2.ListEventsRequest.SerializeToString,
+                                      response_deserializer=query_pb2.ListEventsResponseBytes.FromString)
+            listed = raw(query_pb2.ListEventsRequest(limit=1000), timeout=10)
+            assert list(listed.events) == sent[::-1]
+            assert set(listed.collector_ids) == {"node-a"}
+            typed = query_pb2_grpc.TapioQueryStub(channel).ListEvents(
+                query_pb2.ListEventsRequest(event_type=events_pb2.EVENT_TYPE_EXEC, limit=1000), timeout=10)
+            execs = [e for e in sent if events_pb2.Event.FromString(e).type == events_pb2.EVENT_TYPE_EXEC]
+            assert execs and [e.SerializeToString() for e in typed.events] == execs[::-1]
+        store = http_json(server.http_url + "/api/v1/stats")[1]["store"]
+        assert store["events_kept"] == len(sent) and store["events_kept_max_bytes"] == 4 << 20
+        assert len(b"".join(encoded)) < store["events_kept_bytes"] < 4 << 20
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_the_follower_and_the_filter_language_import_nothing_else_of_the_server():
+    """follow.py is a client: of the server's modules it shares the filter language only, and
+    that imports none of them (no arrow runs back up the layers)."""
+    import ast
+    import tapio.server.filters
+    import tapio.server.follow
+
+    def imported(module):
+        with open(module.__file__, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                names.add(node.module)
+        return {n for n in names if n.startswith("tapio.server")}
+    assert imported(tapio.server.follow) == {"tapio.server.filters"}
+    assert imported(tapio.server.filters) == set()

@@ -69,6 +69,7 @@ def _correlation(args):
     whose groups go to both."""
     config = load_config(args.correlation_config)
     store = Store(None if args.db in ("", ":memory:") else args.db, recent_events=args.recent_events,
+                  recent_bytes=args.recent_events_memory,
                   retention_s=args.db_retention, max_groups=args.db_max_groups,
                   max_group_events=config.limits.max_group_events)
     exporter = TraceExporter(args.trace_export, args.otlp_endpoint, queue_size=args.trace_queue)

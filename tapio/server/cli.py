@@ -54,6 +54,8 @@ examples:
            help="groups kept at most (the oldest go first)")
     p.flag("--recent-events", type=positive(int), default=10000, metavar="N",
            help="recent events kept in memory per collector (queries, Subscribe backfill)")
+    p.flag("--recent-events-memory", type=parse_size, default="64MiB", metavar="SIZE",
+           help="memory the recent events of all collectors may take (the oldest go first)")
     p.flag("--trace-export", type=trace_export, default="none", metavar="EXPORTER",
            help="semantic groups as OpenTelemetry traces: otlp, console, jsonl:PATH or none")
     p.flag("--otlp-endpoint", default="localhost:4317", metavar="HOST:PORT",
@@ -78,9 +80,9 @@ def trace_export(text):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("events", "groups"):
-        # tapio-server events|groups: follow a running server (tapio/cli_follow.py)
-        from tapio import cli_follow
-        return cli_follow.main(argv)
+        # tapio-server events|groups: follow a running server (tapio/server/follow.py)
+        from tapio.server import follow
+        return follow.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):

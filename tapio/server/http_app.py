@@ -7,6 +7,8 @@ dashboard, served by hypercorn inside the server's trio nursery.
     GET /metrics                  Prometheus exposition (text, or OpenMetrics when asked for)
     GET /api/v1/stats             counters, rates by event type, drops by stage, groups by kind
     GET /api/v1/collectors        every collector seen: node, peer, connected since, rate, drops
+    GET /api/v1/vocabulary        the names the other answers use: event types, group kinds and
+                                  their intents, severities, drop stages (the dashboard reads them)
     GET /api/v1/events            newest events: ?type=&pid=&comm=&container=&collector=&limit=
     GET /api/v1/groups            newest semantic groups: ?kind=&since=&limit=&before=
     GET /api/v1/groups/{id}       one group with its events
@@ -20,7 +22,7 @@ import urllib.parse
 
 import trio
 
-from tapio import __version__
+from tapio import __version__, vocab
 from tapio.vocab import EVENT_TYPES, GROUP_KINDS, format_time
 from tapio.http import params
 from tapio.http.asgi import HttpError, Router
@@ -209,6 +211,11 @@ def build_router(surface, sampler, registry):
         items = [collector_json(c, rates.get(c.collector_id, 0.0)) for c in surface.collectors()]
         return {"collectors": items, "count": len(items)}
 
+    @router.get("/api/v1/vocabulary")
+    def vocabulary(request):
+        params.only(request, ())
+        return vocabulary_json()
+
     @router.get("/api/v1/events")
     async def events(request):
         params.only(request, ("type", "pid", "comm", "container", "collector", "limit"))
@@ -260,6 +267,17 @@ def build_router(surface, sampler, registry):
         return found
 
     return router
+
+
+def vocabulary_json():
+    """/api/v1/vocabulary: tapio.vocab's names, in the contract's order."""
+    return {
+        "event_types": [name for number, name in sorted(EVENT_TYPES.items()) if number],
+        "event_type_aliases": dict(vocab.EVENT_TYPE_ALIASES),
+        "group_kinds": [{"kind": kind, "intent": intent} for kind, intent in GROUP_KINDS.items()],
+        "severities": list(vocab.SEVERITIES),
+        "drop_stages": list(DROP_STAGES),
+    }
 
 
 def stats_json(surface, sampler):
@@ -392,6 +410,9 @@ class ServerMetrics:
             store = s.store.stats()
             f.gauge("tapio_store_events", "Recent events kept in memory for the API")
             f.add("tapio_store_events", store.get("events_kept"))
+            f.gauge("tapio_store_events_bytes",
+                    "Memory the recent events take (their batches' wire bytes and decoded records)")
+            f.add("tapio_store_events_bytes", store.get("events_kept_bytes"))
             f.gauge("tapio_store_db_bytes", "Size of the group database on disk (with its WAL)")
             f.add("tapio_store_db_bytes", store.get("db_bytes"))
             f.counter("tapio_store_subscriber_drops_total", "Live-view items a slow subscriber missed")

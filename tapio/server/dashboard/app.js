@@ -4,14 +4,23 @@
 
 const POLL_MS = 2000;
 const GROUP_LIMIT = 50;
-const EVENT_TYPES = ["exec", "exit", "tcp_connect", "tcp_accept", "tcp_close", "oom_kill", "signal"];
-const KINDS = ["crash_loop", "oom_kill", "fatal_signal", "connectivity_degradation", "process_tree"];
-const KIND_NAMES = {
-  crash_loop: "crash loop", oom_kill: "OOM kill", fatal_signal: "fatal signal",
-  connectivity_degradation: "connectivity", process_tree: "process tree",
-};
+// The names (event types, group kinds, drop stages) come from the server: /api/v1/vocabulary.
+const vocabulary = { event_types: [], group_kinds: [], drop_stages: [] };
 
 const view = { kind: null, group: null, groupCounts: {}, lastOk: 0, failing: null };
+
+function kinds() { return vocabulary.group_kinds.map((k) => k.kind); }
+
+// a kind in words: underscores as spaces, OOM in capitals
+function kindName(kind) {
+  return String(kind).replace(/_/g, " ").replace(/\boom\b/g, "OOM");
+}
+
+async function loadVocabulary() {
+  const result = await getJSON("/api/v1/vocabulary");
+  if (!result.ok || !result.body) throw new Error(`vocabulary: the server answered ${result.status}`);
+  Object.assign(vocabulary, result.body);
+}
 
 // -- small helpers --------------------------------------------------------------------------
 function $(id) { return document.getElementById(id); }
@@ -108,7 +117,7 @@ function drawStats(stats) {
 
   const line = $("drops");
   line.replaceChildren("dropped by stage: ");
-  ["kernel", "processor", "buffer", "decode", "exporter"].forEach((stage, i) => {
+  vocabulary.drop_stages.forEach((stage, i) => {
     if (i) line.append(" · ");
     const value = drops[stage];
     line.append(`${stage} `, el("b", { class: value > 0 ? "bad" : "", text: value === null || value === undefined ? "n/a" : count(value) }));
@@ -122,7 +131,8 @@ function drawRates(stats) {
   const history = stats.history || [];
   const now = stats.events.per_second_by_type || {};
   const totals = stats.events.by_type || {};
-  const types = EVENT_TYPES.concat(Object.keys(totals).filter((t) => !EVENT_TYPES.includes(t)));
+  const known = vocabulary.event_types;
+  const types = known.concat(Object.keys(totals).filter((t) => !known.includes(t)));
   const peak = Math.max(1, ...history.flatMap((h) => Object.values(h.rates)));
   const box = $("rates");
   box.replaceChildren(...types.map((type) => {
@@ -178,7 +188,7 @@ function drawKinds() {
     return button;
   };
   nav.replaceChildren(chip(null, "all", total),
-    ...KINDS.map((kind) => chip(kind, KIND_NAMES[kind], view.groupCounts[kind] || 0)));
+    ...kinds().map((kind) => chip(kind, kindName(kind), view.groupCounts[kind] || 0)));
 }
 
 function groupItem(g) {
@@ -188,7 +198,7 @@ function groupItem(g) {
     el("span", { class: "when", title: clock(start), text: ago(start) }),
     el("span", { class: "summary", text: g.summary || g.kind }),
     el("span", { class: "meta" },
-      el("span", { class: `badge kind kind-${g.kind}`, text: KIND_NAMES[g.kind] || g.kind }),
+      el("span", { class: `badge kind kind-${g.kind}`, text: kindName(g.kind) }),
       g.severity ? el("span", { class: `badge sev-${String(g.severity).toLowerCase()}`, text: g.severity }) : null,
       g.status === "open" ? el("span", { class: "badge open", text: "ongoing" }) : null,
       el("span", { text: g.node || g.collector_id || "" }),
@@ -218,7 +228,7 @@ function drawGroups(result) {
   const groups = result.body.groups || [];
   list.replaceChildren(...groups.map(groupItem));
   empty.hidden = groups.length > 0;
-  empty.textContent = view.kind ? `no ${KIND_NAMES[view.kind] || view.kind} group yet` : "no group yet";
+  empty.textContent = view.kind ? `no ${kindName(view.kind)} group yet` : "no group yet";
 }
 
 async function refreshGroups() {
@@ -284,7 +294,7 @@ async function openGroup(id) {
   const start = nsToDate(g.start_ns);
   body.replaceChildren(
     facts([
-      ["kind", el("span", { class: `badge kind kind-${g.kind}`, text: KIND_NAMES[g.kind] || g.kind })],
+      ["kind", el("span", { class: `badge kind kind-${g.kind}`, text: kindName(g.kind) })],
       ["severity", g.severity], ["intent", g.intent],
       ["confidence", g.confidence !== undefined && g.confidence !== null ? `${Math.round(g.confidence * 100)}%` : null],
       ["trace id", trace], ["root cause", g.root_cause],
@@ -316,11 +326,11 @@ function closeGroup() {
   markSelected();
 }
 
-// -- the address bar keeps the filter and the open group (#kind=crash_loop&group=12) ---------
+// -- the address bar keeps the filter and the open group (#kind=KIND&group=ID) ---------------
 function loadHash() {
   const params = new URLSearchParams(location.hash.slice(1));
   const kind = params.get("kind");
-  view.kind = KINDS.includes(kind) ? kind : null;
+  view.kind = kinds().includes(kind) ? kind : null;
   view.group = params.get("group");
 }
 
@@ -335,6 +345,11 @@ function saveHash() {
 // -- the loop --------------------------------------------------------------------------------
 async function poll() {
   try {
+    if (!vocabulary.event_types.length) {
+      await loadVocabulary();
+      loadHash();
+      drawKinds();
+    }
     const [ready, stats, collectors] = await Promise.all([
       getJSON("/readyz"), getJSON("/api/v1/stats"), getJSON("/api/v1/collectors")]);
     drawReady(ready);
@@ -356,7 +371,6 @@ async function poll() {
 
 document.addEventListener("DOMContentLoaded", () => {
   loadHash();
-  drawKinds();
   $("detail-close").addEventListener("click", closeGroup);
   document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !$("detail").hidden) closeGroup(); });
   if (view.group) openGroup(view.group);

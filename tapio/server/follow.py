@@ -11,6 +11,10 @@ Filters (events and groups; regexes are searched): --type, --pid, --comm, --bina
 --deny-comm/--deny-binary leave matches out (Tetragon's deny list). --output json prints one JSON
 object per line. --count and --timeout end a follow.
 """
+# A client of tapio.v1.TapioQuery: it shares the filter language (tapio/server/filters.py) and
+# the vocabulary with the server, nothing else. Events arrive as their original tapio.v1.Event
+# bytes (the byte views of the responses) and the codec that decodes a collector's batches turns
+# them into the same JSON shape.
 import json
 import signal
 import sys
@@ -18,8 +22,14 @@ import sys
 import grpc
 
 from tapio import vocab
+from tapio._fast.codec import DecodedBatch
 from tapio.flags import FlagParser, choice, non_negative, parse_duration, positive
+from tapio.server.filters import Filter
+from tapio.v1 import query_pb2, query_pb2_grpc
 
+# TapioStreamEventsRequest.batch = 2 holds an EventBatch, whose events = 3 are Events
+_REQUEST_BATCH = 2
+_BATCH_EVENTS = 3
 
 
 def build_parser(what):
@@ -55,7 +65,7 @@ def _split(text):
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
-def _filters(args, what, query_pb2, events_pb2):
+def _filters(args, what):
     allow = query_pb2.Filter(pids=[args.pid] if args.pid is not None else [],
                              comm_regex=args.comm or "", binary_regex=args.binary or "",
                              containers=[args.container] if args.container else [],
@@ -146,41 +156,88 @@ def _print(item, args, out):
     out.flush()
 
 
+# ---- what arrives ---------------------------------------------------------------------------------
+
+def _field(number, payload):
+    """`payload` as length-delimited protobuf field `number` (< 16): tag, varint length, bytes."""
+    head = bytearray((number << 3 | 2,))
+    n = len(payload)
+    while n >= 0x80:
+        head.append(n & 0x7F | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + payload
+
+
+def event_dicts(wires, collector_ids=None):
+    """tapio.v1.Event bytes as event dicts (tapio.vocab's shape, with "collector_id" when one is
+    given): framed as one EventBatch, they go through the codec in one call."""
+    if not wires:
+        return []
+    frame = _field(_REQUEST_BATCH, b"".join(_field(_BATCH_EVENTS, w) for w in wires))
+    batch = DecodedBatch.parse(frame)
+    out = [batch.event_dict(i) for i in range(len(batch))]
+    for event, cid in zip(out, collector_ids or ()):
+        if cid:
+            event["collector_id"] = cid
+    return out
+
+
+def group_dict(m):
+    """A SemanticGroup message as the store's group dict (with "events" when it carries them)."""
+    group = {
+        "id": m.id, "kind": m.kind, "intent": m.intent, "severity": m.severity,
+        "confidence": m.confidence, "start_ns": m.start_ns, "end_ns": m.end_ns,
+        "summary": m.summary, "root_cause": m.root_cause, "collector_id": m.collector_id,
+        "node": m.node, "trace_id": m.trace_id, "event_ids": list(m.event_ids),
+        "attributes": json.loads(m.attributes_json) if m.attributes_json else {},
+        "status": m.status,
+    }
+    if m.events_json:
+        group["events"] = json.loads(m.events_json)
+    return group
+
+
+class _Query:
+    """TapioQuery calls. Subscribe and ListEvents read the responses through their byte views,
+    so each event stays the bytes the collector sent until the codec decodes it."""
+
+    def __init__(self, channel):
+        stub = query_pb2_grpc.TapioQueryStub(channel)
+        self.ListGroups = stub.ListGroups
+        self.GetGroup = stub.GetGroup
+        self.Subscribe = channel.unary_stream(
+            "/tapio.v1.TapioQuery/Subscribe",
+            request_serializer=query_pb2.SubscribeRequest.SerializeToString,
+            response_deserializer=query_pb2.SubscribeResponseBytes.FromString)
+        self.ListEvents = channel.unary_unary(
+            "/tapio.v1.TapioQuery/ListEvents",
+            request_serializer=query_pb2.ListEventsRequest.SerializeToString,
+            response_deserializer=query_pb2.ListEventsResponseBytes.FromString)
+
+
 # ---- commands -------------------------------------------------------------------------------------
 
 def main(argv):
     what, rest = argv[0], argv[1:]
     args = build_parser(what).parse_args(rest)
-    from tapio.v1 import events_pb2, query_pb2, query_pb2_grpc
-    from tapio.server.subscribe import group_dict
-    from google.protobuf.json_format import MessageToDict
     try:
-        allow, deny = _filters(args, what, query_pb2, events_pb2)
+        allow, deny = _filters(args, what)
         metadata = _metadata(args)
     except (ValueError, OSError) as e:
         print(f"tapio-server {what}: {e}", file=sys.stderr)
         return 2
 
-    def event_of(message, collector_id=""):
-        from tapio._fast.codec import DecodedBatch
-        from tapio.v1 import stream_pb2
-        raw = stream_pb2.TapioStreamEventsRequest(event=message).SerializeToString()
-        batch = DecodedBatch.parse(raw)
-        e = batch.event_dict(0) if len(batch) else MessageToDict(message)
-        if collector_id:
-            e["collector_id"] = collector_id
-        return e
-
     out = sys.stdout
     printed = 0
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with _channel(args) as channel:
-        stub = query_pb2_grpc.TapioQueryStub(channel)
+        stub = _Query(channel)
         try:
             if what == "groups" and args.id:
-                g = stub.GetGroup(query_pb2.GetGroupRequest(id=args.id), metadata=metadata, timeout=30)
-                group = group_dict(g)
-                group["events"] = [event_of(e) for e in g.events]
+                group = group_dict(stub.GetGroup(query_pb2.GetGroupRequest(id=args.id),
+                                                 metadata=metadata, timeout=30))
+                group.setdefault("events", [])
                 if args.output == "json":
                     _print(("group", group), args, out)
                 else:
@@ -189,7 +246,7 @@ def main(argv):
                         out.write("    " + event_line(e) + "\n")
                 return 0
             if not args.follow:
-                return _list(stub, what, args, allow, deny, metadata, event_of, out)
+                return _list(stub, what, args, allow, deny, metadata, out)
             request = query_pb2.SubscribeRequest(allow_list=allow, deny_list=deny,
                                                  events=what == "events", groups=what == "groups",
                                                  backfill=args.backfill)
@@ -197,9 +254,11 @@ def main(argv):
                                   timeout=args.timeout if args.timeout else None)
             for response in call:
                 if response.HasField("group"):
-                    _print(("group", group_dict(response.group)), args, out)
+                    _print(("group", group_dict(query_pb2.SemanticGroup.FromString(response.group))),
+                           args, out)
                 else:
-                    _print(("event", event_of(response.event, response.collector_id)), args, out)
+                    [event] = event_dicts([response.event], [response.collector_id])
+                    _print(("event", event), args, out)
                 printed += 1
                 if args.count and printed >= args.count:
                     call.cancel()
@@ -217,10 +276,8 @@ def main(argv):
     return 0
 
 
-def _list(stub, what, args, allow, deny, metadata, event_of, out):
-    from tapio.server.subscribe import filter_from_proto, group_dict
-    from tapio.v1 import query_pb2
-    flt = filter_from_proto(query_pb2.SubscribeRequest(allow_list=allow, deny_list=deny))
+def _list(stub, what, args, allow, deny, metadata, out):
+    flt = Filter.from_request(query_pb2.SubscribeRequest(allow_list=allow, deny_list=deny))
     if what == "groups":
         found, before = [], ""
         kinds = _split(args.kind)
@@ -239,7 +296,7 @@ def _list(stub, what, args, allow, deny, metadata, event_of, out):
             event_type=vocab.event_type_number(types[0]) if len(types) == 1 else 0,
             pid=args.pid or 0, limit=1000, collector_id=args.collector or ""),
             metadata=metadata, timeout=30)
-        events = [event_of(e, cid) for e, cid in zip(response.events, response.collector_ids)]
+        events = event_dicts(list(response.events), list(response.collector_ids))
         items = [("event", e) for e in events if flt.matches_event(e)][:args.limit]
     for item in reversed(items):         # oldest first, like a log
         _print(item, args, out)

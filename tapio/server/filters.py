@@ -1,0 +1,166 @@
+"""The filter language of the query side: which events and groups a reader wants.
+
+One module for everyone who filters: the store's subscriptions, the gRPC Subscribe call (from a
+tapio.v1.Filter, see `Filter.from_request`) and the `tapio-server events|groups` follower (the same
+filter applied to what the list calls return). Items are the dicts of tapio.vocab's JSON shape:
+events as `DecodedBatch.event_dict` builds them (with "collector_id"), groups as the store keeps
+them. Regexes are Python's `re`, searched; a bad one is a ValueError that names it.
+"""
+import dataclasses
+import re
+
+from tapio import vocab
+
+
+def _compile(pattern, what):
+    if pattern in (None, ""):
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{what} {pattern!r} is not a regular expression: {e}") from None
+
+
+def _as_tuple(value):
+    if value in (None, "", ()):
+        return ()
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return tuple(value)
+    return (value,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """One filter, as in Tetragon's allow/deny lists: every field that is set must match; a list
+    field matches when any of its values does. Fields that do not apply to an item make it fail
+    (`types` selects events only, `kinds` groups only)."""
+    types: tuple = ()          # event type names: exec, exit, tcp_connect, ...
+    pids: tuple = ()
+    comm: object = None        # compiled regex (search)
+    binary: object = None      # compiled regex on the executable path
+    containers: tuple = ()     # container id prefixes, or container names
+    pods: tuple = ()           # pod names (regex search) or pod UIDs
+    namespaces: tuple = ()
+    kinds: tuple = ()          # group kinds
+    collectors: tuple = ()
+
+    @classmethod
+    def make(cls, types=(), pids=(), comm=None, binary=None, containers=(), pods=(),
+             namespaces=(), kinds=(), collectors=()):
+        types = tuple(vocab.event_type_name(vocab.event_type_number(t)) for t in _as_tuple(types))
+        kinds = tuple(vocab.group_kind(str(k)) for k in _as_tuple(kinds))
+        pods = tuple(str(p) for p in _as_tuple(pods))
+        for p in pods:
+            _compile(p, "pod")
+        return cls(types=types, pids=tuple(int(p) for p in _as_tuple(pids)),
+                   comm=_compile(comm, "comm"), binary=_compile(binary, "binary"),
+                   containers=tuple(str(c) for c in _as_tuple(containers) if c), pods=pods,
+                   namespaces=tuple(str(n) for n in _as_tuple(namespaces)), kinds=kinds,
+                   collectors=tuple(str(c) for c in _as_tuple(collectors)))
+
+    @classmethod
+    def from_proto(cls, f):
+        """A tapio.v1.Filter message as a Match."""
+        return cls.make(types=[vocab.event_type_name(t) for t in f.event_types],
+                        pids=list(f.pids), comm=f.comm_regex or None, binary=f.binary_regex or None,
+                        containers=list(f.containers), pods=list(f.pods),
+                        namespaces=list(f.namespaces), kinds=list(f.group_kinds),
+                        collectors=list(f.collector_ids))
+
+    def by_type_only(self):
+        """True when nothing but `types` is set: an event's type decides, its other fields do not."""
+        return not (self.pids or self.comm or self.binary or self.containers or self.pods
+                    or self.namespaces or self.kinds or self.collectors)
+
+    def _subject(self, pids, comm, binary, context, collector):
+        if self.pids and not any(p in self.pids for p in pids):
+            return False
+        if self.comm is not None and not self.comm.search(comm or ""):
+            return False
+        if self.binary is not None and not self.binary.search(binary or ""):
+            return False
+        if self.containers:
+            cid, name = context.get("container_id", ""), context.get("container_name", "")
+            if not any((cid and cid.startswith(c)) or c == name for c in self.containers):
+                return False
+        if self.pods:
+            name, uid = context.get("pod_name", ""), context.get("pod_uid", "")
+            if not any(p == uid or (name and re.search(p, name)) for p in self.pods):
+                return False
+        if self.namespaces and context.get("namespace", "") not in self.namespaces:
+            return False
+        if self.collectors and collector not in self.collectors:
+            return False
+        return True
+
+    def matches_event(self, event):
+        if self.kinds:
+            return False
+        if self.types and event.get("type") not in self.types:
+            return False
+        process = event.get("process") or {}
+        binary = process.get("executable") or (event.get("exec") or {}).get("filename")
+        return self._subject((event.get("pid"),), event.get("comm"), binary,
+                             event.get("context") or {}, event.get("collector_id"))
+
+    def matches_group(self, group):
+        if self.types:
+            return False
+        if self.kinds and group.get("kind") not in self.kinds:
+            return False
+        a = group.get("attributes") or {}
+        pids = a.get("pids") or ([a["pid"]] if a.get("pid") is not None else [])
+        return self._subject(pids, a.get("comm"), a.get("executable"), a, group.get("collector_id"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Filter:
+    """Allow and deny lists of Matches: an item passes when it matches some allow entry (or the
+    allow list is empty) and no deny entry."""
+    allow: tuple = ()
+    deny: tuple = ()
+
+    @classmethod
+    def of(cls, spec):
+        """A Filter from None (everything), a Filter, a Match, or a dict of Match.make keywords
+        (one allow entry), or {"allow": [dicts], "deny": [dicts]}."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, Filter):
+            return spec
+        if isinstance(spec, Match):
+            return cls(allow=(spec,))
+        if isinstance(spec, dict):
+            if "allow" in spec or "deny" in spec:
+                return cls(allow=tuple(Match.make(**m) for m in spec.get("allow") or ()),
+                           deny=tuple(Match.make(**m) for m in spec.get("deny") or ()))
+            return cls(allow=(Match.make(**spec),))
+        raise TypeError(f"a filter is a Filter, a Match or a dict, not {type(spec).__name__}")
+
+    @classmethod
+    def from_request(cls, request):
+        """The allow_list and deny_list of a tapio.v1.SubscribeRequest; ValueError names a bad one."""
+        return cls(allow=tuple(Match.from_proto(f) for f in request.allow_list),
+                   deny=tuple(Match.from_proto(f) for f in request.deny_list))
+
+    def matches_event(self, event):
+        if self.allow and not any(m.matches_event(event) for m in self.allow):
+            return False
+        return not any(m.matches_event(event) for m in self.deny)
+
+    def matches_group(self, group):
+        if self.allow and not any(m.matches_group(group) for m in self.allow):
+            return False
+        return not any(m.matches_group(group) for m in self.deny)
+
+    def event_types(self):
+        """The event type numbers this filter can let through, or None for any."""
+        if not self.allow or any(not m.types and not m.kinds for m in self.allow):
+            return None
+        # an entry with group kinds matches no event
+        return {vocab.EVENT_TYPE_NUMBERS[t] for m in self.allow if not m.kinds for t in m.types}
+
+    def events_by_type_only(self):
+        """True when an event's type alone decides (event_types() says which): the store then
+        passes events on without building their dicts."""
+        return not self.deny and all(m.kinds or m.by_type_only() for m in self.allow)
