@@ -155,7 +155,8 @@ def root_attributes(group):
     elif kind == "oom_kill":
         attrs.update({"tapio.memcg.name": a.get("memcg_name"),
                       "tapio.memcg.limit_bytes": a.get("memcg_limit_bytes"),
-                      "tapio.oom.rss_bytes": a.get("rss_bytes")})
+                      "tapio.oom.rss_bytes": a.get("rss_bytes"),
+                      "tapio.oom.victim_role": a.get("victim_role")})
     elif kind == "crash_loop":
         attrs.update({"tapio.crash_loop.restarts": a.get("restarts"),
                       "tapio.crash_loop.exit_codes": json.dumps(a.get("exit_codes") or {})})

@@ -6,6 +6,7 @@ imports another rule. The engine (engine.py) makes one CollectorState and one in
 rule per collector and dispatches to them.
 """
 import collections
+import os
 import time
 
 from tapio._fast.correlate import Correlator
@@ -16,6 +17,7 @@ SEC = 1_000_000_000
 NEVER = 0xFFFFFFFF
 MAX_KEYS = 4096          # per-rule keyed state (crash-loop keys, OOM history scopes)
 MAX_PENDING = 4096       # per-rule pending groups (fatal signals, OOM follow windows)
+ROOT_CGROUP_ID = 1       # kernfs id of a cgroup hierarchy's root directory
 SUBJECT_CONTEXT = ("container_id", "container_name", "pod_uid", "pod_name", "namespace",
                    "systemd_unit", "image")
 
@@ -131,6 +133,20 @@ class Rule:
 
 
 # ---- facts shared by rules ---------------------------------------------------------------------
+
+def shared_cgroup(event):
+    """Whether an event's cgroup (v2) is one that unrelated processes share: the root cgroup, a
+    slice (system.slice, user.slice, kubepods.slice, ...) or init.scope. Being in one says
+    nothing about belonging together. Without the cgroup's path (no enrichment) only the root
+    is known for sure."""
+    if event.get("cgroup_id") == ROOT_CGROUP_ID:
+        return True
+    path = (event.get("context") or {}).get("cgroup_path") or ""
+    if not path:
+        return False
+    name = os.path.basename(path.rstrip("/"))
+    return name == "" or name.endswith(".slice") or name == "init.scope"
+
 
 def process_entry(node, exec_ev, exit_ev, now_ns, fallback=None):
     """One process of a group, as the trace shows it: a span from its exec (or its start) to

@@ -4,7 +4,7 @@ import collections
 
 from tapio import vocab
 from tapio.server.correlation.groups import counted, fmt_bytes, fmt_duration, where
-from tapio.server.correlation.state import MAX_KEYS, SEC, Rule, process_entry
+from tapio.server.correlation.state import MAX_KEYS, SEC, Rule, process_entry, shared_cgroup
 
 
 class _Loop:
@@ -146,6 +146,7 @@ class CrashLoop(Rule):
             if e["type"] != "oom_kill" or now - e["timestamp_ns"] > window:
                 continue
             if (container_id and (e.get("context") or {}).get("container_id") == container_id) \
-                    or (cgroup_id is not None and e.get("cgroup_id") == cgroup_id):
+                    or (cgroup_id is not None and e.get("cgroup_id") == cgroup_id
+                        and not shared_cgroup(e)):
                 return e
         return None

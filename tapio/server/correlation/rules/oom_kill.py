@@ -1,32 +1,79 @@
-"""oom_kill: an OOM kill, with its victim's SIGKILL, exit and exec, the memory cgroup, and the
-processes of the victim's container (or cgroup) that exit within `follow` after the kill."""
+"""oom_kill: an OOM kill, with its victim's SIGKILL, exit and exec, the memory cgroup, the
+processes of the victim's container or memory cgroup that exit within `follow` after the kill,
+and whether the victim was the main process there or a worker.
+
+A group claims only what belongs to the victim: its container's processes, or (outside
+containers) those of its cgroup when that cgroup is its memory cgroup (cgroup v2: the same id).
+Never those of the root cgroup or of a shared slice, and none by cgroup when the memory cgroup is
+a cgroup v1 one (exit events carry the v2 cgroup, which then says nothing about memory).
+"""
 import collections
+import os
 import signal as _signal
 
 from tapio._fast.correlate import match_records
 from tapio.server.correlation.groups import fmt_bytes, fmt_duration, subject_name, where
-from tapio.server.correlation.state import MAX_KEYS, MAX_PENDING, SEC, Rule, process_entry
+from tapio.server.correlation.state import (
+    MAX_KEYS, MAX_PENDING, SEC, Rule, process_entry, shared_cgroup,
+)
 
 SIGKILL = int(_signal.SIGKILL)
 EXIT = 2                 # EventType
 
 
+def follow_scope(event):
+    """Where the processes that belong with an OOM victim are: ("container", id), ("cgroup",
+    cgroup id) when the victim's cgroup is its memory cgroup and no shared one, or None."""
+    context = event.get("context") or {}
+    if context.get("container_id"):
+        return "container", context["container_id"]
+    cgroup_id = event.get("cgroup_id")
+    oom = event["oom_kill"]
+    if not cgroup_id or shared_cgroup(event) or oom["memcg_id"] != cgroup_id:
+        return None
+    path = context.get("cgroup_path")
+    if path and os.path.basename(path.rstrip("/")) != oom["memcg_name"]:
+        return None       # the ids of two hierarchies (v1 memory, v2) that happen to be equal
+    return "cgroup", cgroup_id
+
+
+def role_scope(event):
+    """Where the victim is the main process or a worker: its container, or its own cgroup (a
+    unit's, a scope's) when that is no shared one; None when there is no such place."""
+    context = event.get("context") or {}
+    if context.get("container_id"):
+        return "container", context["container_id"]
+    if event.get("cgroup_id") and not shared_cgroup(event):
+        return "cgroup", event["cgroup_id"]
+    return None
+
+
+def place_words(event, scope):
+    context = event.get("context") or {}
+    if scope is None:
+        return ""
+    if scope[0] == "container":
+        return "its container"
+    return f"unit {context['systemd_unit']}" if context.get("systemd_unit") else "its cgroup"
+
+
 class _Pending:
-    __slots__ = ("group", "event", "victim", "cgroup_id", "container_id", "kill_ns", "until_ns",
-                 "kills", "victim_exit", "victim_signal", "followers")
+    __slots__ = ("group", "event", "victim", "scope", "kill_ns", "until_ns",
+                 "kills", "victim_exit", "victim_signal", "followers", "role", "parent")
 
     def __init__(self, group, event, until_ns, kills):
         self.group = group
         self.event = event
         self.victim = event["pid"]
-        self.cgroup_id = event.get("cgroup_id")
-        self.container_id = (event.get("context") or {}).get("container_id")
+        self.scope = follow_scope(event)
         self.kill_ns = event["timestamp_ns"]
         self.until_ns = until_ns
         self.kills = kills
         self.victim_exit = None
         self.victim_signal = None
         self.followers = []
+        self.role = "unknown"
+        self.parent = None           # the parent's process-table entry, when it was known
 
 
 class OomKill(Rule):
@@ -86,7 +133,9 @@ class OomKill(Rule):
         group = self.state.new_group(self.kind, ts)
         group.add_event(event)
         context = event.get("context") or {}
-        scope = context.get("container_id") or f"cgroup:{event.get('cgroup_id')}"
+        memcg_id = event["oom_kill"]["memcg_id"]
+        scope = (context.get("container_id") or (f"memcg:{memcg_id}" if memcg_id else "")
+                 or f"cgroup:{event.get('cgroup_id')}")
         history = self.history.setdefault(scope, collections.deque())
         history.append(ts)
         while history and ts - history[0] > int(cfg.history * SEC):
@@ -94,6 +143,7 @@ class OomKill(Rule):
         if len(self.history) > MAX_KEYS:
             self.history.pop(next(iter(self.history)))
         pending = _Pending(group, event, ts + int(cfg.follow * SEC), len(history))
+        pending.role, pending.parent = self._role(event)    # now: the parent may soon be gone
         node = self.core.process(pending.victim)
         if node is not None and node["last_exec"] is not None:
             exec_ev = self.recent.event(node["last_exec"])
@@ -102,8 +152,9 @@ class OomKill(Rule):
         for e in self.state.priority:    # the victim's signal and exit, when they came first
             if e["pid"] == pending.victim and e["timestamp_ns"] >= ts - SEC:
                 self._link(pending, e)
-        if pending.cgroup_id:
-            self.core.watch_cgroup(pending.cgroup_id, pending.until_ns)
+        if pending.scope is not None and event.get("cgroup_id") and not shared_cgroup(event):
+            # its fellow processes' routine exits go to Python too while it is followed
+            self.core.watch_cgroup(event["cgroup_id"], pending.until_ns)
         if len(self.pending) < MAX_PENDING:
             self.pending.append(pending)
             self._opened = True
@@ -130,11 +181,35 @@ class OomKill(Rule):
             ts = event["timestamp_ns"]
             if not pending.kill_ns <= ts <= pending.until_ns:
                 continue
-            context = event.get("context") or {}
-            same = (context.get("container_id") == pending.container_id if pending.container_id
-                    else event.get("cgroup_id") == pending.cgroup_id)
+            if pending.scope is None:
+                continue
+            kind, value = pending.scope
+            same = ((event.get("context") or {}).get("container_id") == value if kind == "container"
+                    else event.get("cgroup_id") == value)
             if same and pending.group.add_event(event):
                 pending.followers.append(event)
+
+    def _role(self, event):
+        """("main" | "worker" | "unknown", the parent's table entry or None): the main process
+        of its container or cgroup is the one whose parent is outside it (a container's PID 1,
+        started by the runtime; a unit's main process, started by PID 1)."""
+        scope = role_scope(event)
+        if scope is None:
+            return "unknown", None
+        ppid = event.get("ppid") or 0
+        parent = self.core.process(ppid) if ppid else None
+        if parent is None or parent["pid"] != ppid:
+            return ("main" if ppid == 1 else "unknown"), None
+        kind, value = scope
+        if kind == "container":
+            parent_exec = self.recent.event(parent["last_exec"]) if parent["last_exec"] else None
+            if parent_exec is not None:
+                inside = (parent_exec.get("context") or {}).get("container_id") == value
+            else:
+                inside = parent["cgroup_id"] == event.get("cgroup_id")
+        else:
+            inside = parent["cgroup_id"] == value
+        return ("worker" if inside else "main"), parent
 
     def _fill(self, pending):
         group, event = pending.group, pending.event
@@ -150,7 +225,11 @@ class OomKill(Rule):
         followers = [process_entry(None, e, e, e["timestamp_ns"]) for e in pending.followers]
         if exec_ev is not None:
             group.set_subject(exec_ev)
+        role, parent = pending.role, pending.parent
+        ppid = event.get("ppid") or 0
         group.attributes.update(
+            victim_role=role, ppid=ppid, parent_comm=(parent or {}).get("comm") or None,
+            follow_scope=pending.scope[0] if pending.scope else "",
             memcg_name=oom["memcg_name"], memcg_id=oom["memcg_id"],
             memcg_limit_bytes=oom["memcg_limit_bytes"], memcg_usage_bytes=oom["memcg_usage_bytes"],
             rss_bytes=oom["rss_bytes"], total_vm_bytes=oom["total_vm_bytes"],
@@ -165,8 +244,15 @@ class OomKill(Rule):
                 f"{fmt_bytes(oom['rss_bytes'])} RSS")
         if limit and limit < (1 << 60):
             text += f" of a {fmt_bytes(limit)} limit"
+        within = place_words(event, role_scope(event))
+        if role == "main":
+            text += f"; the main process of {within}"
+        elif role == "worker":
+            text += (f"; a worker of {within} (parent {parent['comm']}, pid {ppid})"
+                     if parent and parent.get("comm") else f"; a worker of {within} (parent pid {ppid})")
         if pending.followers:
-            text += f"; {len(pending.followers)} more process(es) of it exited right after"
+            text += (f"; {len(pending.followers)} more process(es) of "
+                     f"{place_words(event, pending.scope)} exited right after")
         if pending.kills > 1:
             text += (f"; OOM-killed {pending.kills} times in "
                      f"{fmt_duration(int(self.cfg.history * SEC))}")
