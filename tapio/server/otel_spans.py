@@ -139,6 +139,7 @@ def root_attributes(group):
         "tapio.summary": group.get("summary"),
         "tapio.root_cause": group.get("root_cause"),
         "tapio.collector.id": group.get("collector_id"),
+        "tapio.group.incomplete": bool(group.get("incomplete")),
         "tapio.event.count": a.get("events_total"),
         "host.name": group.get("node"),
         "process.pid": a.get("pid"),

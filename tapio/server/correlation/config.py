@@ -49,6 +49,8 @@ not silently keep a default). docs/correlation.md describes each rule; the defau
     recent_events = 50000      # events kept (by batch) so that groups can show them in full
     max_group_events = 200     # events kept in full per group (all are counted, ids up to 1000)
     tick = "250ms"             # how often time-based closes are checked
+    keep_closed = "5m"         # closed groups kept this long, to be marked incomplete by a gap
+    max_closed_kept = 1000     # ... and at most this many
 """
 import dataclasses
 import signal
@@ -113,6 +115,8 @@ class LimitsConfig:
     recent_events: int = 50000
     max_group_events: int = 200
     tick: float = 0.25
+    keep_closed: float = 300.0
+    max_closed_kept: int = 1000
 
 
 @dataclasses.dataclass

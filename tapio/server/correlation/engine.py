@@ -9,6 +9,12 @@ Groups go to `on_group(group_dict, closed)`: once when they open (a crash loop, 
 connectivity degradation: the store shows them while they grow), again when they change, and a
 last time when they close (closed=True: the store's final version, and the trace to export).
 
+`mark_gap(collector_id, start_ns, end_ns, reason)` says that the collector lost events in that
+window (a gap in its sequence, kernel drops): every group of it whose window overlaps the gap, open
+or closed within [limits] keep_closed, is marked incomplete and sent again (closed=False for one
+that had closed: an update for the store; its trace is out already), and so is every later group
+whose window overlaps it.
+
 Time is each collector's own: the newest event timestamp it sent, moved on by the server's
 monotonic clock while nothing newer arrives, so clock skew between nodes does not matter. A timer
 thread calls tick() every [limits] tick; consume() and tick() take turns on one lock.
@@ -38,6 +44,8 @@ class CorrelationEngine:
         self.groups_closed = collections.Counter()
         self.trees_rate_limited = 0
         self.sink_errors = 0
+        self.gaps_marked = 0
+        self.groups_marked_incomplete = 0
         self._stop = threading.Event()
         self._thread = None
         if timer:
@@ -62,6 +70,19 @@ class CorrelationEngine:
         if collector is None:
             collector = self._collectors[collector_id] = _Collector(self, collector_id, node)
         return collector
+
+    def mark_gap(self, collector_id, start_ns, end_ns, reason):
+        """The collector's events between start_ns and end_ns (its clock, wall time in ns) are
+        missing in part (`reason`: e.g. "sequence gap 120-180", "kernel drops: 37"). Marks its
+        groups that overlap the window incomplete and sends them again; returns how many."""
+        start_ns, end_ns = int(start_ns), int(end_ns)
+        if end_ns < start_ns:
+            raise ValueError(f"a gap must not end ({end_ns}) before it starts ({start_ns})")
+        with self._lock:
+            marked = self._collector(collector_id).mark_gap(start_ns, end_ns, str(reason))
+            self.gaps_marked += 1
+            self.groups_marked_incomplete += marked
+        return marked
 
     def tick(self, force=False):
         """Close what is due (the timer does this); with force, close everything now."""
@@ -106,6 +127,8 @@ class CorrelationEngine:
             "groups_closed": dict(self.groups_closed),
             "trees_rate_limited": self.trees_rate_limited,
             "sink_errors": self.sink_errors,
+            "gaps_marked": self.gaps_marked,
+            "groups_marked_incomplete": self.groups_marked_incomplete,
         }
 
 
@@ -131,6 +154,21 @@ class _Collector(CollectorState):
         if hot or opened:
             for rule in self.rules:
                 rule.on_batch(batch, hot or (), opened)
+
+    def mark_gap(self, start_ns, end_ns, reason):
+        self.gaps.append((start_ns, end_ns, reason))
+        marked = 0
+        for rule in self.rules:
+            for group in rule.open_groups():
+                if self.note_gaps(group):
+                    self.engine.emit(group, False)
+                    marked += 1
+        self.prune_closed()
+        for _, group in self.closed:
+            if self.note_gaps(group):
+                self.engine.emit(group, False)
+                marked += 1
+        return marked
 
     def tick(self, force=False):
         now = self.clock.now()

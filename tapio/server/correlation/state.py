@@ -1,5 +1,6 @@
 """What every rule of one collector shares: the compiled core, the recent batches, the clock,
-the recent hot events, and the way out for its groups.
+the recent hot events, the way out for its groups, and the gaps in what the collector delivered
+(a group whose window overlaps one is marked incomplete).
 
 A rule (tapio/server/correlation/rules/) gets a CollectorState and reads from it; it never
 imports another rule. The engine (engine.py) makes one CollectorState and one instance of each
@@ -17,6 +18,7 @@ SEC = 1_000_000_000
 NEVER = 0xFFFFFFFF
 MAX_KEYS = 4096          # per-rule keyed state (crash-loop keys, OOM history scopes)
 MAX_PENDING = 4096       # per-rule pending groups (fatal signals, OOM follow windows)
+MAX_GAPS = 64            # gaps remembered per collector (the newest), for groups still to come
 ROOT_CGROUP_ID = 1       # kernfs id of a cgroup hierarchy's root directory
 SUBJECT_CONTEXT = ("container_id", "container_name", "pod_uid", "pod_name", "namespace",
                    "systemd_unit", "image")
@@ -64,6 +66,8 @@ class CollectorState:
         self.clock = CollectorClock(engine.monotonic)
         self.priority = collections.deque(maxlen=512)   # recent hot events, for late linking
         self.hot_events = 0
+        self.gaps = collections.deque(maxlen=MAX_GAPS)  # (start_ns, end_ns, reason)
+        self.closed = collections.deque()               # (monotonic ns when closed, Group)
 
     # -- groups ---------------------------------------------------------------------------------
     def new_group(self, kind, start_ns):
@@ -80,12 +84,36 @@ class CollectorState:
         self.emit(group, True)
 
     def emit(self, group, closed):
+        self.note_gaps(group)
+        if closed:
+            self.closed.append((self.engine.monotonic(), group))
+            self.prune_closed()
         self.engine.emit(group, closed)
+
+    # -- gaps: events of this collector that never arrived ----------------------------------------
+    def note_gaps(self, group):
+        """Mark `group` incomplete for each remembered gap its window overlaps; True when that
+        told it something new. An open group's window reaches to now: it is still listening."""
+        if not self.gaps:
+            return False
+        end = group.end_ns if group.status == "closed" else max(group.end_ns, self.clock.now())
+        changed = False
+        for start_ns, end_ns, reason in self.gaps:
+            if start_ns <= end and group.start_ns <= end_ns:
+                changed |= group.mark_incomplete(start_ns, end_ns, reason)
+        return changed
+
+    def prune_closed(self):
+        limits = self.config.limits
+        horizon = self.engine.monotonic() - int(limits.keep_closed * SEC)
+        while self.closed and (self.closed[0][0] < horizon or len(self.closed) > limits.max_closed_kept):
+            self.closed.popleft()
 
     def stats(self):
         out = self.core.stats()
         out.update(recent_events=len(self.recent), recent_batches_evicted=self.recent.evicted,
-                   hot_events=self.hot_events)
+                   hot_events=self.hot_events, gaps=len(self.gaps),
+                   closed_groups_kept=len(self.closed))
         return out
 
 
