@@ -1,5 +1,5 @@
-"""The correlation engine's hot path against a pure-Python baseline of the same logic, measured in
-the same run.
+"""The correlation engine's hot path against a plain-Python baseline doing the same job the simple
+way (the Baseline class below: less work than ours), measured in the same run.
 
     python benchmarks/correlate.py [--json PATH] [--events N] [--seconds S]
 
