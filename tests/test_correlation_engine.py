@@ -466,6 +466,22 @@ def test_an_oom_kill_in_a_service_cgroup_claims_the_service_processes():
     assert "1 more process(es) of unit payment.service exited right after" in group["summary"]
 
 
+@pytest.mark.parametrize("path,memcg,followers", [
+    ("/system.slice/payment.service", "payment.service", 1),
+    ("/system.slice/" + "x" * 70 + ".service", "x" * 63, 1),   # a long name, cut by the kernel side
+    ("/system.slice/payment.service", "tapio-test-7", 0),      # equal ids of two hierarchies
+])
+def test_a_cgroup_is_the_memory_cgroup_only_when_the_names_agree(path, memcg, followers):
+    h = Harness()
+    ev = h.ev
+    h.feed(ev.oom(6270, "payment", memcg=memcg, memcg_id=91, cgroup_id=91, context=cgroup(path)))
+    ev.at(0.1)
+    h.feed(ev.exit(6271, 1, "helper", cgroup_id=91, context=cgroup(path)))
+    h.tick(6)
+    [group] = h.closed("oom_kill")
+    assert group["attributes"]["followers"] == followers
+
+
 def test_an_oom_victim_whose_parent_is_outside_its_container_is_its_main_process():
     h = Harness()
     ev = h.ev

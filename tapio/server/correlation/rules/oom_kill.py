@@ -19,6 +19,7 @@ from tapio.server.correlation.state import (
 
 SIGKILL = int(_signal.SIGKILL)
 EXIT = 2                 # EventType
+MEMCG_NAME_MAX = 63      # bpf/tapio_events.h TAPIO_CGROUP_NAME_LEN, less its NUL
 
 
 def follow_scope(event):
@@ -32,8 +33,12 @@ def follow_scope(event):
     if not cgroup_id or shared_cgroup(event) or oom["memcg_id"] != cgroup_id:
         return None
     path = context.get("cgroup_path")
-    if path and os.path.basename(path.rstrip("/")) != oom["memcg_name"]:
-        return None       # the ids of two hierarchies (v1 memory, v2) that happen to be equal
+    if path:
+        # the ids of two hierarchies (v1 memory, v2) may happen to be equal; the names tell
+        # (the kernel side keeps MEMCG_NAME_MAX bytes of the memory cgroup's name)
+        name, memcg = os.path.basename(path.rstrip("/")), oom["memcg_name"]
+        if name != memcg and not (len(memcg) >= MEMCG_NAME_MAX and name.startswith(memcg)):
+            return None
     return "cgroup", cgroup_id
 
 
