@@ -6,6 +6,7 @@ process and finds exactly that in the collector's JSON lines, by pid.
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -155,10 +156,106 @@ def test_connect_accept_close_with_byte_counts(collector):
               and {e["tcp_close"]["sport"], e["tcp_close"]["dport"]} == {port, client_port}]
     client_close = next(e for e in closes if e["pid"] == connect["pid"])
     server_close = next(e for e in closes if e["pid"] == me)
-    assert client_close["tcp_close"]["bytes_sent"] >= payload
-    assert server_close["tcp_close"]["bytes_received"] >= payload
+    assert client_close["tcp_close"]["bytes_sent"] == payload
+    assert client_close["tcp_close"]["bytes_received"] == 0
+    assert server_close["tcp_close"]["bytes_received"] == payload
+    assert server_close["tcp_close"]["bytes_sent"] == 0
     assert server_close["tcp_close"]["passive"] is True
     assert client_close["tcp_close"]["duration_ns"] > 0
+
+
+def tcp_bytes_acked(sock):
+    """tcpi_bytes_acked of struct tcp_info (linux/tcp.h): what the peer has acknowledged, SYN
+    included on the side that connected."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
+    return struct.unpack_from("Q", info, 120)[0]
+
+
+def recv_exactly(sock, n):
+    got = 0
+    while got < n:
+        chunk = sock.recv(min(65536, n - got))
+        assert chunk, f"the peer closed after {got} of {n} bytes"
+        got += len(chunk)
+
+
+def loopback_exchange(client_sends, server_sends, ending):
+    """One connection on 127.0.0.1: the client writes `client_sends` bytes, the server reads them
+    and answers `server_sends` bytes; then the client closes first, the server closes first, or
+    the server resets the connection (SO_LINGER 0) once each side's bytes are acknowledged.
+    Returns (client port, server port, the errno the client's last read saw)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client_acked = threading.Event()
+    failures = []
+
+    def serve():
+        try:
+            conn, _ = server.accept()
+            with conn:
+                recv_exactly(conn, client_sends)
+                conn.sendall(b"s" * server_sends)
+                if ending == "client closes":
+                    while conn.recv(65536):
+                        pass
+                elif ending == "reset":
+                    wait_until(lambda: tcp_bytes_acked(conn) == server_sends, what="the client's ACK")
+                    assert client_acked.wait(10)
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except BaseException as e:
+            failures.append(e)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    error = 0
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client_port = client.getsockname()[1]
+            client.sendall(b"c" * client_sends)
+            recv_exactly(client, server_sends)
+            if ending == "reset":
+                wait_until(lambda: tcp_bytes_acked(client) == client_sends + 1, what="the server's ACK")
+                client_acked.set()
+            if ending != "client closes":
+                try:
+                    assert client.recv(1) == b""
+                except ConnectionResetError as e:
+                    error = e.errno
+    finally:
+        client_acked.set()
+        t.join(10)
+        server.close()
+    assert not failures, failures
+    return client_port, port, error
+
+
+@pytest.mark.parametrize("client_sends,server_sends,ending", [
+    (1000, 2000, "client closes"),
+    (3000, 0, "server closes"),
+    (0, 0, "client closes"),
+    (0, 0, "server closes"),
+    (200_000, 100_001, "client closes"),
+    (5000, 7, "reset"),
+])
+def test_close_reports_payload_bytes(collector, client_sends, server_sends, ending):
+    # the kernel counts the SYN and the FINs in snd_una/rcv_nxt (and so in bytes_acked and
+    # bytes_received); what the applications wrote and read is the truth
+    client_port, server_port, error = loopback_exchange(client_sends, server_sends, ending)
+    assert error == (104 if ending == "reset" else 0)
+    pair = {client_port, server_port}
+
+    def closes():
+        return [e for e in collector.events() if e["type"] == "tcp_close"
+                and {e["tcp_close"]["sport"], e["tcp_close"]["dport"]} == pair]
+    wait_until(lambda: len(closes()) == 2, what="both closes")
+    client = next(e["tcp_close"] for e in closes() if not e["tcp_close"]["passive"])
+    server = next(e["tcp_close"] for e in closes() if e["tcp_close"]["passive"])
+    assert (client["sport"], client["dport"]) == (client_port, server_port)
+    assert (client["bytes_sent"], client["bytes_received"]) == (client_sends, server_sends)
+    assert (server["bytes_sent"], server["bytes_received"]) == (server_sends, client_sends)
+    # the side that was reset says so; the side that reset it ended the connection itself
+    assert client["error"] == error
+    assert server["error"] == 0
 
 
 def test_oom_kill(collector, memory_cgroup):
