@@ -95,6 +95,7 @@ def test_connect_refused(collector, family, host, fam):
     with socket.socket(family) as s:
         with pytest.raises(ConnectionRefusedError):
             s.connect((host, port))
+        client_port = s.getsockname()[1]    # the kernel keeps it in inet_sport
     event = collector.wait_for(lambda e: e["type"] == "tcp_connect" and e["pid"] == os.getpid()
                                and e["tcp_connect"]["dport"] == port, what="the refused connect")[0]
     tcp = event["tcp_connect"]
@@ -102,6 +103,7 @@ def test_connect_refused(collector, family, host, fam):
     assert tcp["error"] == 111
     assert tcp["family"] == fam
     assert tcp["daddr"] == host
+    assert tcp["sport"] == client_port
 
 
 def test_connect_accept_close_with_byte_counts(collector):
