@@ -190,6 +190,12 @@ struct tcp_sock {
 	__u32 write_seq;
 } PRESERVE;
 
+/* inet_sport keeps the local port after inet_put_port() has zeroed skc_num (a socket moving
+ * to CLOSE is unhashed before inet_sock_set_state fires). */
+struct inet_sock {
+	__be16 inet_sport;
+} PRESERVE;
+
 struct socket {
 	struct sock *sk;
 } PRESERVE;

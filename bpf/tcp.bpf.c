@@ -29,8 +29,7 @@
 struct sock_owner {
 	struct tapio_header hdr; /* who connected or accepted; hdr.timestamp_ns is when */
 	__u32 direction;
-	__u16 sport;             /* by the time a socket closes, the kernel has released its port */
-	__u16 _pad;
+	__u32 _pad;
 };
 
 /* LRU: a socket whose close we never see (or that outlives the map's capacity) ages out. */
@@ -47,6 +46,8 @@ static __always_inline void read_addrs(struct tapio_tcp *e, const struct sock *s
 
 	e->family = family;
 	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (!e->sport) /* a closing socket has given its port back; a failed connect had one too */
+		e->sport = __builtin_bswap16(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
 	e->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
 	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
@@ -107,8 +108,6 @@ static __always_inline void emit_tcp(const struct sock *sk, __u32 type, struct s
 	e->hdr.timestamp_ns = now;
 	e->hdr.type = type;
 	read_addrs(e, sk);
-	if (!e->sport)
-		e->sport = owner->sport;
 	e->direction = owner->direction;
 	e->error = error;
 	e->_pad = 0;
@@ -153,7 +152,6 @@ int BPF_PROG(tapio_tcp_state, const struct sock *sk, const int oldstate, const i
 		if (newstate == TCP_ESTABLISHED) {
 			emit_tcp(sk, TAPIO_EVENT_TCP_CONNECT, owner, 0, oldstate);
 			owner->hdr.timestamp_ns = bpf_ktime_get_boot_ns(); /* the connection's lifetime starts */
-			owner->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 		} else if (newstate == TCP_CLOSE) {
 			/* tcp_reset()/tcp_write_err() set sk_err before the socket moves to CLOSE */
 			__s32 err = BPF_CORE_READ(sk, sk_err);
@@ -197,7 +195,6 @@ static __always_inline int on_accept_exit(struct syscall_exit_record *rec)
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	fill_header_current(&o.hdr, TAPIO_EVENT_TCP_ACCEPT);
-	o.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	key = (__u64)sk;
 	bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);
 	emit_tcp(sk, TAPIO_EVENT_TCP_ACCEPT, &o, 0, TCP_ESTABLISHED);
