@@ -181,12 +181,13 @@ def recv_exactly(sock, n):
         got += len(chunk)
 
 
-def loopback_exchange(client_sends, server_sends, ending):
-    """One connection on 127.0.0.1: the client writes `client_sends` bytes, the server reads them
+def loopback_exchange(client_sends, server_sends, ending, host="127.0.0.1"):
+    """One connection on `host`: the client writes `client_sends` bytes, the server reads them
     and answers `server_sends` bytes; then the client closes first, the server closes first, or
     the server resets the connection (SO_LINGER 0) once each side's bytes are acknowledged.
     Returns (client port, server port, the errno the client's last read saw)."""
-    server = socket.create_server(("127.0.0.1", 0))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server = socket.create_server((host, 0), family=family)
     port = server.getsockname()[1]
     client_acked = threading.Event()
     failures = []
@@ -211,7 +212,7 @@ def loopback_exchange(client_sends, server_sends, ending):
     t.start()
     error = 0
     try:
-        with socket.create_connection(("127.0.0.1", port)) as client:
+        with socket.create_connection((host, port)) as client:
             client_port = client.getsockname()[1]
             client.sendall(b"c" * client_sends)
             recv_exactly(client, server_sends)
@@ -231,18 +232,20 @@ def loopback_exchange(client_sends, server_sends, ending):
     return client_port, port, error
 
 
-@pytest.mark.parametrize("client_sends,server_sends,ending", [
-    (1000, 2000, "client closes"),
-    (3000, 0, "server closes"),
-    (0, 0, "client closes"),
-    (0, 0, "server closes"),
-    (200_000, 100_001, "client closes"),
-    (5000, 7, "reset"),
+@pytest.mark.parametrize("client_sends,server_sends,ending,host", [
+    (1000, 2000, "client closes", "127.0.0.1"),
+    (3000, 0, "server closes", "127.0.0.1"),
+    (0, 0, "client closes", "127.0.0.1"),
+    (0, 0, "server closes", "127.0.0.1"),
+    (200_000, 100_001, "client closes", "127.0.0.1"),
+    (5000, 7, "reset", "127.0.0.1"),
+    (1000, 2000, "client closes", "::1"),
+    (5000, 7, "reset", "::1"),
 ])
-def test_close_reports_payload_bytes(collector, client_sends, server_sends, ending):
+def test_close_reports_payload_bytes(collector, client_sends, server_sends, ending, host):
     # the kernel counts the SYN and the FINs in snd_una/rcv_nxt (and so in bytes_acked and
     # bytes_received); what the applications wrote and read is the truth
-    client_port, server_port, error = loopback_exchange(client_sends, server_sends, ending)
+    client_port, server_port, error = loopback_exchange(client_sends, server_sends, ending, host)
     assert error == (104 if ending == "reset" else 0)
     pair = {client_port, server_port}
 
@@ -253,6 +256,7 @@ def test_close_reports_payload_bytes(collector, client_sends, server_sends, endi
     client = next(e["tcp_close"] for e in closes() if not e["tcp_close"]["passive"])
     server = next(e["tcp_close"] for e in closes() if e["tcp_close"]["passive"])
     assert (client["sport"], client["dport"]) == (client_port, server_port)
+    assert client["saddr"] == client["daddr"] == server["saddr"] == server["daddr"] == host
     assert (client["bytes_sent"], client["bytes_received"]) == (client_sends, server_sends)
     assert (server["bytes_sent"], server["bytes_received"]) == (server_sends, client_sends)
     # the side that was reset says so; the side that reset it ended the connection itself
