@@ -18,6 +18,7 @@ one event with `count` > 1 whose `collapsed` object holds the exact sums and ran
 stands for: the totals per destination must still be exact.
 """
 import os
+import pwd
 import signal
 import socket
 import struct
@@ -65,13 +66,13 @@ def within(value, low, high, tolerance, what):
         f"{what}: {value} is not within [{low}, {high}] (tolerance {tolerance})")
 
 
-def own_cgroup_id():
-    """The cgroup v2 id (kernfs inode) of this process; its children start in the same cgroup."""
+def own_cgroup():
+    """The cgroup v2 path and id (kernfs inode) of this process; its children start there."""
     with open("/proc/self/cgroup") as f:
         path = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
     for root in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
         if os.path.exists(f"{root}/cgroup.controllers"):
-            return os.stat(root + path).st_ino
+            return path, os.stat(root + path).st_ino
     pytest.fail("no cgroup v2 hierarchy is mounted")
 
 
@@ -153,7 +154,7 @@ def run_child(child_dir, how):
 
 @pytest.mark.parametrize("how,exit_code,sig", ENDINGS, ids=[e[0] for e in ENDINGS])
 def test_process_facts(collector, child_dir, how, exit_code, sig):
-    me, cgroup_id = os.getpid(), own_cgroup_id()
+    me, (cgroup_path, cgroup_id) = os.getpid(), own_cgroup()
     argv, pid, status, (mono0, wall0, mono1, wall1), inside = run_child(child_dir, how)
     # what the kernel told the parent
     if sig:
@@ -183,6 +184,15 @@ def test_process_facts(collector, child_dir, how, exit_code, sig):
            "the process's lifetime")
     within(d["start_time_ns"], wall0, inside[0][1], WALL_TOLERANCE_NS, "the process's start")
     within(exits[0]["timestamp_ns"], inside[-1][1], wall1, WALL_TOLERANCE_NS, "exit time")
+
+    if collector.path == "semantic":   # enriched: who the process is, and where it runs
+        for e in execs + exits:
+            assert e["context"]["cgroup_path"] == cgroup_path, e
+            process = e["process"]
+            assert (process["executable"], process["command_line"], process["user"]) == (
+                sys.executable, " ".join(argv), pwd.getpwuid(os.getuid()).pw_name), e
+            assert process["ancestors"][:2] == [me, os.getppid()], e
+            within(process["start_time_ns"], wall0, inside[0][1], WALL_TOLERANCE_NS, "the process's start")
 
     # the exit event came after any signal event of the process: all of them are in by now
     signals = [e for e in collector.events() if e["type"] == "signal" and e["pid"] == pid]
@@ -438,6 +448,11 @@ def test_connection_facts(collector):
                 assert d["sport"] == server_port and e.get("count", 1) == 1
             else:
                 assert d["dport"] == server_port
+            if collector.path == "semantic":   # this process, as /proc tells it
+                assert e["context"]["cgroup_path"] == own_cgroup()[0], e
+                assert (e["process"]["executable"], e["process"]["user"]) == (
+                    os.readlink("/proc/self/exe"), pwd.getpwuid(os.getuid()).pw_name), e
+                assert e["process"]["ancestors"][0] == os.getppid(), e
 
     # the connects: one result, each handshake within the test's stamps around its connect()
     connects = of_type("tcp_connect", "client")
