@@ -69,8 +69,9 @@ static __always_inline void read_addrs(struct tapio_tcp *e, const struct sock *s
  *   (FIN_SENT_STATES) and snd_una has reached write_seq, which counts it.
  * - bytes_received sums the advances of rcv_nxt: every byte received in order, once, but also
  *   the peer's FIN. tcp_fin() sets SOCK_DONE, and only it does on a TCP socket.
- * Checked against bpftrace on inet_sock_set_state and against what the applications wrote and
- * read, for both closing orders and for a reset, in tests/test_kernel_events.py.
+ * (tcp_sock.bytes_sent would count retransmitted copies; bytes_acked never does.) Checked against
+ * bpftrace on inet_sock_set_state and against what the applications wrote and read, for both
+ * closing orders, a reset and lost packets, in tests/test_kernel_events.py.
  */
 static __always_inline void payload_bytes(const struct sock *sk, const struct sock_owner *owner,
 					  int oldstate, __u64 *sent, __u64 *received)
