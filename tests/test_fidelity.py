@@ -523,6 +523,13 @@ def test_a_burst_of_connections_keeps_its_sums(collector):
         assert any(e.get("count", 1) > 1 for e in client_closes), "nothing collapsed: the test proves nothing"
     check_side(client_closes, truths, "client", f"{collector.path}: the client's closes")
     check_side(of_type("tcp_close", "server"), truths, "server", f"{collector.path}: the server's closes")
+    # the connects stand for every client port, each handshake within its connect()
+    parts = as_parts(connects, f"{collector.path}: the connects")
+    assert all(p["sent"] == p["received"] == 0 for p in parts), parts
+    for t in truths:
+        assert any(p["sport_min"] <= t.client_port <= p["sport_max"] for p in parts), (t.client_port, parts)
+    within(max(p["dmax"] for p in parts), 0, max(t.t["connected"] - t.t["connect"] for t in truths),
+           CLOCK_TOLERANCE_NS, "the longest handshake")
 
 
 def closed_port():
