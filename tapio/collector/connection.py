@@ -130,6 +130,12 @@ class ConnectionManager:
     def take_buffer_drops(self):
         return self.buffer.take_dropped_since_batch()
 
+    def ledger(self):
+        """This run's events by fate: the sink's part of the collector's ledger."""
+        b = self.buffer
+        return {"delivered": b.delivered_events, "dropped_buffer": b.dropped_events,
+                "undelivered": b.undelivered_events()}
+
     # -- the state machine -------------------------------------------------------------------
     def _enter(self, state, server=None):
         if state != self.stats.state or server != self.stats.server:
