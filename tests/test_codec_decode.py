@@ -23,6 +23,10 @@ def check_batch(data, batch):
     want = [expected_dict(e, batch.node_name, batch.collector_id, batch.batch_id) for e in batch.events]
     assert [decoded.event_dict(i) for i in range(len(decoded))] == want
     assert [decoded.event_id(i) for i in range(len(decoded))] == [e.id for e in batch.events]
+    for i, event in enumerate(batch.events):  # each event's own bytes, as they arrived
+        got = events_pb2.Event.FromString(decoded.event_wire(i))
+        got.DiscardUnknownFields()
+        assert got == event
     assert decoded.type_counts() == Counter(d["type"] for d in want)
     lines = decoded.to_json_lines()
     assert lines.count(b"\n") == len(want) and (not lines or lines.endswith(b"\n"))
@@ -33,7 +37,9 @@ def check_batch(data, batch):
 @settings(max_examples=150, deadline=None)
 @given(library_batches())
 def test_canonical_batches(batch):
-    check_batch(stream_pb2.TapioStreamEventsRequest(batch=batch).SerializeToString(), batch)
+    decoded = check_batch(stream_pb2.TapioStreamEventsRequest(batch=batch).SerializeToString(), batch)
+    assert [decoded.event_wire(i) for i in range(len(decoded))] == [
+        e.SerializeToString() for e in batch.events]
 
 
 @settings(max_examples=150, deadline=None)
@@ -55,12 +61,47 @@ def test_a_single_event(event):
     decoded = DecodedBatch.parse(stream_pb2.TapioStreamEventsRequest(event=event).SerializeToString())
     assert (decoded.kind, len(decoded), decoded.batch_id, decoded.node_name) == ("event", 1, 0, "")
     assert decoded.event_dict(0) == expected_dict(event)
+    assert decoded.event_wire(0) == event.SerializeToString()
+    assert (decoded.first_seq, decoded.last_seq, decoded.ledger) == (0, 0, None)
     assert decoded.event_dict(-1) == decoded.event_dict(0)
     assert decoded.event_id(-1) == event.id
     with pytest.raises(IndexError):
         decoded.event_dict(1)
     with pytest.raises(IndexError):
         decoded.event_id(-2)
+    with pytest.raises(IndexError):
+        decoded.event_wire(1)
+
+
+def test_an_event_sent_in_pieces_is_served_merged():
+    one = events_pb2.Event(id="a", pid=1, process=events_pb2.Process(ancestors=[1, 2]))
+    two = events_pb2.Event(pid=2, collapsed=events_pb2.Collapsed(bytes_sent=5),
+                           process=events_pb2.Process(ancestors=[3]))
+    three = events_pb2.Event(comm="c", collapsed=events_pb2.Collapsed(sport_max=9))
+    data = b"".join(request_bytes(event=e) for e in (one, two, three))
+    want = stream_pb2.TapioStreamEventsRequest.FromString(data).event
+    decoded = DecodedBatch.parse(data)
+    assert events_pb2.Event.FromString(decoded.event_wire(0)) == want
+    assert decoded.event_dict(0) == expected_dict(want)
+    assert decoded.event_dict(0)["collapsed"]["bytes_sent"] == 5
+    # a batch in between starts the event over
+    data = request_bytes(event=one) + request_bytes(batch=stream_pb2.EventBatch()) + request_bytes(event=two)
+    assert DecodedBatch.parse(data).event_wire(0) == two.SerializeToString()
+
+
+def test_sequence_range_and_ledger():
+    ledger = stream_pb2.Ledger(seen=10, filtered=2, collapsed=3, dropped_kernel=1, dropped_buffer=4)
+    batch = stream_pb2.EventBatch(first_seq=5, last_seq=14, ledger=ledger)
+    decoded = DecodedBatch.parse(request_bytes(batch=batch))
+    assert (decoded.first_seq, decoded.last_seq) == (5, 14)
+    assert decoded.ledger == {"seen": 10, "filtered": 2, "collapsed": 3, "dropped_kernel": 1,
+                              "dropped_processor": 0, "dropped_buffer": 4}
+    empty = DecodedBatch.parse(request_bytes(batch=stream_pb2.EventBatch(ledger=stream_pb2.Ledger())))
+    assert empty.ledger == dict.fromkeys(empty.ledger, 0) and len(empty.ledger) == 6
+    # two ledger occurrences merge, as protobuf merges them: the last value of each field wins
+    second = stream_pb2.EventBatch(ledger=stream_pb2.Ledger(seen=11))
+    merged = DecodedBatch.parse(request_bytes(batch=batch) + request_bytes(batch=second))
+    assert merged.ledger["seen"] == 11 and merged.ledger["filtered"] == 2
 
 
 def test_hello_and_control_come_as_library_messages():

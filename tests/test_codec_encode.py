@@ -12,42 +12,50 @@ from tapio._fast.codec import BatchEncoder, DecodedBatch, encode_field
 from tapio.v1 import events_pb2, stream_pb2
 
 from tests.test_codec_support import (
-    EXEC, EXIT, OOM_KILL, PAGE_SIZE, SIGNAL, TCP_ACCEPT, TCP_CLOSE, TCP_CONNECT, U64_MAX, arena_of,
-    contexts, expected_dict, expected_event, kernel_events, pack, processes,
+    EXEC, EXIT, LEDGER_FIELDS, OOM_KILL, PAGE_SIZE, SIGNAL, TCP_ACCEPT, TCP_CLOSE, TCP_CONNECT,
+    U64_MAX, arena_of, collapsed_totals, contexts, expected_dict, expected_event, kernel_events,
+    ledgers, pack, processes,
 )
 
 B2W = 1_700_000_000_000_000_000
 
 
 def expected_request(records, extras, order, *, batch_id, first_seq, b2w, created, node="node-1",
-                     collector="collector-1", path=2, drops=(0, 0, 0)):
+                     collector="collector-1", path=2, drops=(0, 0, 0), last_seq=0, ledger=None):
     events = []
     for slot in order:
-        repeat, ctx, proc = extras[slot]
+        repeat, ctx, proc, totals = extras[slot]
         # an event's id follows its slot, not its place in the batch
-        events.append(expected_event(records[slot], first_seq + slot, b2w, repeat, ctx, proc))
+        events.append(expected_event(records[slot], first_seq + slot, b2w, repeat, ctx, proc, totals))
+    if last_seq == 0:  # the batch accounts for every slot of the arena
+        last_seq = max(first_seq + len(records) - 1, 0)
     batch = stream_pb2.EventBatch(
         batch_id=batch_id, collector_id=collector, events=events, created_at_ns=created,
         kernel_drops=drops[0], processor_drops=drops[1], buffer_drops=drops[2], path=path,
-        node_name=node)
+        node_name=node, first_seq=first_seq, last_seq=last_seq)
+    if ledger is not None:
+        batch.ledger.SetInParent()
+        batch.ledger.MergeFrom(stream_pb2.Ledger(**dict(zip(LEDGER_FIELDS, ledger))))
     return stream_pb2.TapioStreamEventsRequest(batch=batch)
 
 
 def encode_records(records, extras=None, order=None, **kw):
-    """Encode records (with per-slot (repeat, context, process) extras) the way the collector does."""
+    """Encode records (with per-slot (repeat, context, process, totals) extras) the way the
+    collector does."""
     a = arena_of(records)
     blobs = []  # the arena borrows them: keep them alive until encode() returns
-    for slot, (repeat, ctx, proc) in enumerate(extras or []):
+    for slot, (repeat, ctx, proc, totals) in enumerate(extras or []):
         c = encode_field(12, ctx.SerializeToString()) if ctx is not None else None
         p = encode_field(13, proc.SerializeToString()) if proc is not None else None
         blobs += [c, p]
-        codec._annotate_slot(a, slot, repeat, c, p)
+        codec._annotate_slot(a, slot, repeat, c, p, totals)
     enc = BatchEncoder(kw.pop("collector", "collector-1"), kw.pop("node", "node-1"), kw.pop("b2w", B2W))
     return enc.encode(a, order=order, **kw)
 
 
 extras_strategy = st.tuples(st.sampled_from([1, 1, 0, 2, 7, 2**32 - 1]),
-                            st.none() | contexts(), st.none() | processes())
+                            st.none() | contexts(), st.none() | processes(),
+                            collapsed_totals)
 
 
 @st.composite
@@ -62,16 +70,18 @@ def batches(draw):
 
 @settings(max_examples=250, deadline=None)
 @given(batches(), st.integers(0, 2**64 - 1), st.integers(0, 2**63), st.integers(0, 2**63 - 1),
-       st.integers(1, 2**64 - 1), st.sampled_from([0, 1, 2]), st.tuples(*[st.integers(0, 2**64 - 1)] * 3))
-def test_encode_matches_the_library_byte_for_byte(batch, batch_id, first_seq, b2w, created, path, drops):
+       st.integers(1, 2**64 - 1), st.sampled_from([0, 1, 2]), st.tuples(*[st.integers(0, 2**64 - 1)] * 3),
+       st.one_of(st.just(0), st.integers(0, 2**64 - 1)), st.none() | ledgers)
+def test_encode_matches_the_library_byte_for_byte(batch, batch_id, first_seq, b2w, created, path, drops,
+                                                   last_seq, ledger):
     records, extras, order = batch
     data = encode_records(records, extras, array("I", order) if order is not None else None,
                           batch_id=batch_id, first_seq=first_seq, b2w=b2w, created_at_ns=created,
                           path=path, kernel_drops=drops[0], processor_drops=drops[1],
-                          buffer_drops=drops[2])
+                          buffer_drops=drops[2], last_seq=last_seq, ledger=ledger)
     want = expected_request(records, extras, order if order is not None else range(len(records)),
                             batch_id=batch_id, first_seq=first_seq, b2w=b2w, created=created,
-                            path=path, drops=drops)
+                            path=path, drops=drops, last_seq=last_seq, ledger=ledger)
     got = stream_pb2.TapioStreamEventsRequest.FromString(data)
     assert got == want
     assert want.SerializeToString() == data
@@ -88,9 +98,10 @@ def test_round_trip_through_the_decoder(batch):
     slots = order if order is not None else range(len(records))
     assert len(decoded) == len(slots)
     for k, slot in enumerate(slots):
-        repeat, ctx, proc = extras[slot]
-        want = expected_dict(expected_event(records[slot], 1 + slot, B2W, repeat, ctx, proc), "node-1", "collector-1", 9)
-        assert decoded.event_dict(k) == want
+        repeat, ctx, proc, totals = extras[slot]
+        event = expected_event(records[slot], 1 + slot, B2W, repeat, ctx, proc, totals)
+        assert decoded.event_dict(k) == expected_dict(event, "node-1", "collector-1", 9)
+        assert decoded.event_wire(k) == event.SerializeToString()
 
 
 # ---- the mapping, case by case ----
@@ -201,6 +212,10 @@ def test_bad_arguments():
         enc.boot_to_wall_ns = -1
     with pytest.raises(ValueError, match="encode_field\\(12"):
         codec._annotate_slot(a, 0, 1, b"\x62\x05abc")
+    with pytest.raises(ValueError, match="totals"):
+        codec._annotate_slot(a, 0, 2)
+    with pytest.raises(ValueError, match="six counts"):
+        enc.encode(a, 1, 1, ledger=(1, 2, 3))
 
 
 def test_encoder_state():
@@ -218,8 +233,9 @@ def test_encoder_state():
     assert before <= batch.created_at_ns <= after
     assert [e.id for e in batch.events] == ["ebpf-601"]
     empty = enc.encode(EventArena(1), 3, 1, created_at_ns=0, path=0)
-    assert empty == stream_pb2.TapioStreamEventsRequest(
-        batch=stream_pb2.EventBatch(batch_id=3, collector_id="c", node_name="n")).SerializeToString()
+    assert empty == stream_pb2.TapioStreamEventsRequest(  # accounts for no sequence number
+        batch=stream_pb2.EventBatch(batch_id=3, collector_id="c", node_name="n",
+                                    first_seq=1)).SerializeToString()
 
 
 def test_encode_field():

@@ -124,8 +124,13 @@ def split_args(data):
 CONNECT_ERRNO = {0: 0, 111: 1, 110: 2, 104: 3, 113: 4, 101: 4}
 
 
-def expected_event(fields, seq, boot_to_wall, repeat=1, context=None, process=None):
-    """The Event the contract says a kernel record becomes."""
+COLLAPSED_FIELDS = [f.name for f in events_pb2.Collapsed.DESCRIPTOR.fields]
+LEDGER_FIELDS = [f.name for f in stream_pb2.Ledger.DESCRIPTOR.fields]
+
+
+def expected_event(fields, seq, boot_to_wall, repeat=1, context=None, process=None, totals=None):
+    """The Event the contract says a kernel record becomes; with repeat > 1, `totals` are what
+    the arena slot sums up (tapio.v1.Collapsed field order, stamps in the kernel's clock)."""
     def g(name, default=0):  # what the record holds: unset fields are zero
         return fields.get(name, default)
 
@@ -142,6 +147,12 @@ def expected_event(fields, seq, boot_to_wall, repeat=1, context=None, process=No
     if process is not None:
         e.process.SetInParent()
         e.process.MergeFrom(process)
+    if repeat > 1:
+        values = dict(zip(COLLAPSED_FIELDS, totals))
+        for stamp in ("first_timestamp_ns", "last_timestamp_ns"):
+            values[stamp] = (values[stamp] + boot_to_wall) % 2**64
+        e.collapsed.SetInParent()
+        e.collapsed.MergeFrom(events_pb2.Collapsed(**values))
     d = getattr(e, DETAILS_FIELD[t])
     d.SetInParent()
     if t == EXEC:
@@ -234,6 +245,8 @@ def expected_dict(e, node="", collector="", batch_id=0):
         out["process"] = {"executable": p.executable, "command_line": p.command_line,
                           "user": p.user, "ancestors": list(p.ancestors)[:16],
                           "start_time_ns": p.start_time_ns}
+    if e.HasField("collapsed"):
+        out["collapsed"] = {name: getattr(e.collapsed, name) for name in COLLAPSED_FIELDS}
     which = e.WhichOneof("details")
     if which:
         d = getattr(e, which)
@@ -360,6 +373,20 @@ addresses = st.one_of(st.binary(min_size=4, max_size=4), st.binary(min_size=16, 
 enum_value = st.one_of(st.integers(0, 8), st.integers(0, 2**31 - 1), st.integers(-2**31, -1))
 
 
+collapsed_totals = st.tuples(u64, u64, u64, u64, u64, u64, u64, u16, u16)
+
+
+@st.composite
+def collapsed_messages(draw):
+    """A Collapsed with any values (the library's uint32 ports take the full range)."""
+    values = list(draw(collapsed_totals))
+    values[7:] = draw(u32), draw(u32)
+    return events_pb2.Collapsed(**dict(zip(COLLAPSED_FIELDS, values)))
+
+
+ledgers = st.tuples(*[u64] * 6)
+
+
 @st.composite
 def library_events(draw):
     """Any Event the library can write: details of any member, whatever `type` says."""
@@ -373,6 +400,9 @@ def library_events(draw):
     if draw(st.booleans()):
         e.process.SetInParent()
         e.process.MergeFrom(draw(processes()))
+    if draw(st.booleans()):
+        e.collapsed.SetInParent()
+        e.collapsed.MergeFrom(draw(collapsed_messages()))
     which = draw(st.sampled_from([None, *DETAILS_FIELD.values()]))
     if which is None:
         return e
@@ -405,17 +435,25 @@ def library_events(draw):
 
 @st.composite
 def library_batches(draw, max_events=8):
-    return stream_pb2.EventBatch(
+    batch = stream_pb2.EventBatch(
         batch_id=draw(u64), collector_id=draw(text), created_at_ns=draw(u64),
         kernel_drops=draw(u64), path=draw(st.integers(0, 3)), node_name=draw(text),
-        processor_drops=draw(u64), buffer_drops=draw(u64),
+        processor_drops=draw(u64), buffer_drops=draw(u64), first_seq=draw(u64), last_seq=draw(u64),
         events=draw(st.lists(library_events(), max_size=max_events)))
+    ledger = draw(st.none() | ledgers)
+    if ledger is not None:
+        batch.ledger.SetInParent()
+        batch.ledger.MergeFrom(stream_pb2.Ledger(**dict(zip(LEDGER_FIELDS, ledger))))
+    return batch
 
 
 def batch_fields(batch):
-    return {name: getattr(batch, name) for name in (
+    out = {name: getattr(batch, name) for name in (
         "batch_id", "collector_id", "node_name", "created_at_ns", "kernel_drops",
-        "processor_drops", "buffer_drops", "path")}
+        "processor_drops", "buffer_drops", "path", "first_seq", "last_seq")}
+    out["ledger"] = ({name: getattr(batch.ledger, name) for name in LEDGER_FIELDS}
+                     if batch.HasField("ledger") else None)
+    return out
 
 
 # ---- a reference encoder that writes what the library accepts but never writes itself ----
@@ -568,6 +606,9 @@ def _sample_batch(rnd, i):
                 events_pb2.Label(key="app", value="web")]))
         if rnd.random() < 0.5:
             e.process.CopyFrom(events_pb2.Process(executable="/bin/x", ancestors=[1, 2, 3]))
+        if e.count:
+            e.collapsed.CopyFrom(events_pb2.Collapsed(first_timestamp_ns=e.timestamp_ns, bytes_sent=300,
+                                                      duration_max_ns=7, sport_min=1, sport_max=2))
         d = getattr(e, DETAILS_FIELD[t])
         d.SetInParent()
         if t == EXEC:
@@ -580,7 +621,10 @@ def _sample_batch(rnd, i):
             d.signal = 11
         events.append(e)
     batch = stream_pb2.EventBatch(batch_id=i + 1, collector_id="c", node_name="n", events=events,
-                                  created_at_ns=rnd.getrandbits(63), path=2)
+                                  created_at_ns=rnd.getrandbits(63), path=2, first_seq=10 * i + 1,
+                                  last_seq=10 * i + 10)
+    if rnd.random() < 0.5:
+        batch.ledger.CopyFrom(stream_pb2.Ledger(seen=10 * i + 10, filtered=i, dropped_kernel=3))
     return stream_pb2.TapioStreamEventsRequest(batch=batch).SerializeToString()
 
 

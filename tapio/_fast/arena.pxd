@@ -1,4 +1,4 @@
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint32_t, uint64_t, UINT32_MAX, UINT64_MAX
 from libc.string cimport memcpy
 from tapio._fast.events cimport (
     tapio_event, tapio_header, tapio_exec, tapio_exit, tapio_tcp, tapio_oom, tapio_signal,
@@ -7,10 +7,25 @@ from tapio._fast.events cimport (
 )
 
 
+cdef struct slot_totals:
+    # What a slot that stands for several events (repeat > 1) sums up: tapio.v1.Collapsed, in
+    # kernel units (CLOCK_BOOTTIME stamps). Only valid while repeat > 1: arena_fold() fills it
+    # from the slot's own event when the first repeat arrives, so a push never touches it.
+    uint64_t first_ns
+    uint64_t last_ns
+    uint64_t bytes_sent
+    uint64_t bytes_received
+    uint64_t duration_min_ns
+    uint64_t duration_max_ns
+    uint64_t duration_total_ns
+    uint32_t sport_min
+    uint32_t sport_max
+
+
 cdef struct arena_t:
     # Slot i holds one event in its kernel layout (union tapio_event). The side arrays hold what
-    # the collector's processor adds before encoding: how many identical repeats the event stands
-    # for, and references to pre-encoded Context/Process fields (tag, length and body). Such a
+    # the collector's processor adds before encoding: how many repeats the event stands for and
+    # their totals, and references to pre-encoded Context/Process fields (tag, length and body). Such a
     # reference points into a bytes object owned by an enrichment cache, which keeps it alive
     # until the arena is encoded and reset (the processor does both without yielding between).
     char *slots
@@ -19,6 +34,7 @@ cdef struct arena_t:
     uint32_t count
     uint64_t malformed      # records refused for a bad size or type
     uint32_t *repeat
+    slot_totals *totals
     const char **ctx_ptr
     uint32_t *ctx_len
     const char **proc_ptr
@@ -50,6 +66,54 @@ cdef inline size_t event_size(uint32_t type) noexcept nogil:
     if type == TAPIO_EVENT_SIGNAL:
         return sizeof(tapio_signal)
     return 0
+
+
+cdef inline bint event_is_tcp(uint32_t type) noexcept nogil:
+    return type == TAPIO_EVENT_TCP_CONNECT or type == TAPIO_EVENT_TCP_ACCEPT or type == TAPIO_EVENT_TCP_CLOSE
+
+
+cdef inline uint64_t add_saturating(uint64_t a, uint64_t b) noexcept nogil:
+    # a sum that passes 2**64-1 stays there: a huge total must not wrap into a small one
+    return a + b if a <= UINT64_MAX - b else UINT64_MAX
+
+
+cdef inline void totals_add(slot_totals *t, const tapio_event *e) noexcept nogil:
+    cdef uint32_t type = e.hdr.type
+    cdef uint64_t duration = 0
+    if e.hdr.timestamp_ns < t.first_ns:
+        t.first_ns = e.hdr.timestamp_ns
+    if e.hdr.timestamp_ns > t.last_ns:
+        t.last_ns = e.hdr.timestamp_ns
+    if event_is_tcp(type):
+        t.bytes_sent = add_saturating(t.bytes_sent, e.tcp.bytes_sent)
+        t.bytes_received = add_saturating(t.bytes_received, e.tcp.bytes_received)
+        if e.tcp.sport < t.sport_min:
+            t.sport_min = e.tcp.sport
+        if e.tcp.sport > t.sport_max:
+            t.sport_max = e.tcp.sport
+        duration = e.tcp.duration_ns
+    elif type == TAPIO_EVENT_EXIT:
+        duration = e.exit.duration_ns
+    if duration < t.duration_min_ns:
+        t.duration_min_ns = duration
+    if duration > t.duration_max_ns:
+        t.duration_max_ns = duration
+    t.duration_total_ns = add_saturating(t.duration_total_ns, duration)
+
+
+cdef inline void arena_fold(arena_t *a, uint32_t i, const tapio_event *e) noexcept nogil:
+    """Count event e (a repeat of slot i's event, not stored) into slot i: its repeat count and
+    its totals, so that what e said is not lost when it is dropped."""
+    cdef slot_totals *t = &a.totals[i]
+    if a.repeat[i] <= 1:  # the first repeat: start from the slot's own event
+        t.first_ns = t.duration_min_ns = UINT64_MAX
+        t.last_ns = t.bytes_sent = t.bytes_received = t.duration_max_ns = t.duration_total_ns = 0
+        t.sport_max = 0
+        t.sport_min = UINT32_MAX if event_is_tcp(e.hdr.type) else 0  # no ports: no range
+        totals_add(t, arena_slot(a, i))
+        a.repeat[i] = 1
+    totals_add(t, e)
+    a.repeat[i] += 1
 
 
 cdef inline tapio_event *arena_claim(arena_t *a) noexcept nogil:

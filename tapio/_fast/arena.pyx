@@ -16,17 +16,19 @@ cdef class EventArena:
         self.c.limit = capacity
         self.c.slots = <char *>PyMem_Calloc(capacity, sizeof(tapio_event))
         self.c.repeat = <uint32_t *>PyMem_Calloc(capacity, sizeof(uint32_t))
+        self.c.totals = <slot_totals *>PyMem_Calloc(capacity, sizeof(slot_totals))
         self.c.ctx_ptr = <const char **>PyMem_Calloc(capacity, sizeof(char *))
         self.c.ctx_len = <uint32_t *>PyMem_Calloc(capacity, sizeof(uint32_t))
         self.c.proc_ptr = <const char **>PyMem_Calloc(capacity, sizeof(char *))
         self.c.proc_len = <uint32_t *>PyMem_Calloc(capacity, sizeof(uint32_t))
-        if (self.c.slots == NULL or self.c.repeat == NULL or self.c.ctx_ptr == NULL
+        if (self.c.slots == NULL or self.c.repeat == NULL or self.c.totals == NULL or self.c.ctx_ptr == NULL
                 or self.c.ctx_len == NULL or self.c.proc_ptr == NULL or self.c.proc_len == NULL):
             raise MemoryError(f"cannot allocate an event arena of {capacity} slots")
 
     def __dealloc__(self):
         PyMem_Free(self.c.slots)
         PyMem_Free(self.c.repeat)
+        PyMem_Free(self.c.totals)
         PyMem_Free(<void *>self.c.ctx_ptr)
         PyMem_Free(self.c.ctx_len)
         PyMem_Free(<void *>self.c.proc_ptr)

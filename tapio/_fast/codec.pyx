@@ -24,7 +24,7 @@ from tapio._fast.events cimport (
     TAPIO_EVENT_EXEC, TAPIO_EVENT_EXIT, TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_OOM_KILL,
     TAPIO_EVENT_SIGNAL,
 )
-from tapio._fast.arena cimport EventArena, arena_t
+from tapio._fast.arena cimport EventArena, arena_t, slot_totals
 from tapio._fast.wire cimport *
 from tapio._fast.encode cimport (
     encode_opts, events_bound, write_events, sz_uint, sz_len, w_uint, w_raw, w_fixed64,
@@ -88,16 +88,26 @@ cdef int check_field(bytes blob, uint32_t field) except -1:
 
 
 def _annotate_slot(EventArena arena not None, uint32_t slot, uint32_t repeat=1,
-                   bytes context=None, bytes process=None):
-    """Set what the collector's processor sets on an arena slot: its repeat count and its
-    pre-encoded Event.context / Event.process fields (tests and benchmarks; the processor does it
-    in C). The arena borrows the bytes: keep them alive until it is encoded or cleared."""
+                   bytes context=None, bytes process=None, totals=None):
+    """Set what the collector's processor sets on an arena slot: its repeat count with the
+    totals of the events it stands for (with repeat > 1: a 9-tuple in tapio.v1.Collapsed field
+    order, stamps in the kernel's clock), and its pre-encoded Event.context / Event.process
+    fields (tests and benchmarks; the processor does it in C). The arena borrows the bytes: keep
+    them alive until it is encoded or cleared."""
+    cdef slot_totals *t
     if slot >= arena.c.count:
         raise IndexError(f"slot {slot} is not filled (the arena holds {arena.c.count})")
     if context is not None:
         check_field(context, 12)
     if process is not None:
         check_field(process, 13)
+    if repeat > 1:
+        if totals is None or len(totals) != 9:
+            raise ValueError("a slot that stands for repeats needs their totals: a 9-tuple in "
+                             "tapio.v1.Collapsed field order")
+        t = &arena.c.totals[slot]
+        (t.first_ns, t.last_ns, t.bytes_sent, t.bytes_received, t.duration_min_ns,
+         t.duration_max_ns, t.duration_total_ns, t.sport_min, t.sport_max) = totals
     arena.c.repeat[slot] = repeat
     arena.c.ctx_ptr[slot] = PyBytes_AS_STRING(context) if context is not None else NULL
     arena.c.ctx_len[slot] = len(context) if context is not None else 0
@@ -155,10 +165,13 @@ cdef class BatchEncoder:
 
     def encode(self, EventArena arena not None, uint64_t batch_id, uint64_t first_seq,
                uint64_t kernel_drops=0, uint64_t processor_drops=0, uint64_t buffer_drops=0,
-               int path=2, created_at_ns=None, order=None):
+               int path=2, created_at_ns=None, order=None, uint64_t last_seq=0, ledger=None):
         """The arena's events (or the slots listed in `order`, a uint32 buffer such as
         array('I'), in that order) as the bytes of one TapioStreamEventsRequest{batch}.
-        The event in slot s gets the id ebpf-<first_seq + s>; created_at_ns defaults to now."""
+        The event in slot s gets the id ebpf-<first_seq + s>; created_at_ns defaults to now.
+        The batch accounts for the sequence numbers first_seq..last_seq (0: through the arena's
+        last slot; events left out by `order` were filtered or collapsed). `ledger` is the
+        collector's running totals, six ints in tapio.v1.Ledger field order, or None."""
         cdef const uint32_t[::1] order_view
         cdef const uint32_t *slots = NULL
         cdef const arena_t *a = &arena.c
@@ -167,6 +180,8 @@ cdef class BatchEncoder:
         cdef uint64_t created = time.time_ns() if created_at_ns is None else created_at_ns
         cdef bytes cid = self._collector_id
         cdef bytes node = self._node_name
+        cdef uint64_t totals[6]
+        cdef size_t ledger_size = 0
         cdef uint8_t *start
         cdef uint8_t *w
         if not 0 <= path <= 2:
@@ -182,6 +197,15 @@ cdef class BatchEncoder:
                                      f"{a.count} events")
         if a.count and first_seq > UINT64_MAX - (a.count - 1):
             raise ValueError(f"event ids from ebpf-{first_seq} for {a.count} slots pass 2**64-1")
+        if last_seq == 0:
+            last_seq = first_seq + a.count - 1 if a.count else (first_seq - 1 if first_seq else 0)
+        if ledger is not None:
+            if len(ledger) != 6:
+                raise ValueError("a ledger is six counts: seen, filtered, collapsed, dropped_kernel, "
+                                 f"dropped_processor, dropped_buffer; not {ledger!r}")
+            for k in range(6):
+                totals[k] = ledger[k]
+                ledger_size += sz_uint(totals[k])
 
         # The EventBatch goes into the buffer after HEAD bytes, where the request's tag and the
         # batch's length are put once the batch is written and its length known; the bytes
@@ -189,7 +213,8 @@ cdef class BatchEncoder:
         # context blob it points to) while it is read.
         head = sz_uint(batch_id) + sz_len(len(cid))
         tail = ((9 if created else 0) + sz_uint(kernel_drops) + sz_uint(<uint32_t>path)
-                + sz_len(len(node)) + sz_uint(processor_drops) + sz_uint(buffer_drops))
+                + sz_len(len(node)) + sz_uint(processor_drops) + sz_uint(buffer_drops)
+                + sz_uint(first_seq) + sz_uint(last_seq) + (2 + ledger_size if ledger is not None else 0))
         self._reserve(HEAD + head + events_bound(a, slots, n) + tail)
         w = self._buf + HEAD
         w = w_uint(w, 0x08, batch_id)
@@ -203,6 +228,12 @@ cdef class BatchEncoder:
         w = w_raw(w, 0x3a, PyBytes_AS_STRING(node), len(node))
         w = w_uint(w, 0x40, processor_drops)
         w = w_uint(w, 0x48, buffer_drops)
+        w = w_uint(w, 0x50, first_seq)
+        w = w_uint(w, 0x58, last_seq)
+        if ledger is not None:
+            w = w_message_head(w, 12, ledger_size)  # < 128: one byte of length
+            for k in range(6):
+                w = w_uint(w, <uint8_t>(0x08 + 8 * k), totals[k])
         body = <size_t>(w - (self._buf + HEAD))
         if body > MAX_MESSAGE:
             raise ValueError(f"{n} events take {body} bytes, over protobuf's 2 GiB limit for a "
@@ -260,6 +291,7 @@ cdef class DecodedBatch:
         PyMem_RawFree(self.c.records)
         PyMem_RawFree(self.c.contexts)
         PyMem_RawFree(self.c.processes)
+        PyMem_RawFree(self.c.collapses)
         PyMem_RawFree(self.c.spans)
 
     @staticmethod
@@ -334,6 +366,24 @@ cdef class DecodedBatch:
     def path(self):
         return self.c.path
 
+    @property
+    def first_seq(self):
+        """The first of the collector's sequence numbers this batch accounts for (0: not sent)."""
+        return self.c.first_seq
+
+    @property
+    def last_seq(self):
+        """The last of the collector's sequence numbers this batch accounts for (0: not sent)."""
+        return self.c.last_seq
+
+    @property
+    def ledger(self):
+        """The collector's running totals ({seen, filtered, collapsed, dropped_kernel,
+        dropped_processor, dropped_buffer}), or None when the batch carries none."""
+        if not self.c.has_ledger:
+            return None
+        return dict(zip(LEDGER_FIELDS, self.c.ledger))
+
     def checksum(self):
         """The sum of every number and string length of every record, read in C: touches the
         decoded data the way a C consumer does (the benchmark uses it)."""
@@ -363,6 +413,20 @@ cdef class DecodedBatch:
         """The id of event i, without building its dict."""
         return text(&self.c, self.c.records[self._index(i)].id)
 
+    def event_wire(self, Py_ssize_t i):
+        """Event i's own serialized bytes, as they arrived (what events_pb2.Event.FromString
+        reads): served on without encoding them again."""
+        cdef const tapio_span *span = &self.c.records[self._index(i)].wire
+        cdef const tapio_span *more
+        if span.more == 0:  # one body: a slice of the input
+            return PyBytes_FromStringAndSize(<const char *>self.c.buf + span.off, span.len)
+        parts = [PyBytes_FromStringAndSize(<const char *>self.c.buf + span.off, span.len)]
+        more = span
+        while more.more:  # the event occurred more than once: protobuf merges the bodies
+            more = &self.c.spans[more.more - 1]
+            parts.append(PyBytes_FromStringAndSize(<const char *>self.c.buf + more.off, more.len))
+        return b"".join(parts)
+
     def event_dict(self, Py_ssize_t i):
         """Event i in the JSON shape (see tapio.vocab)."""
         return record_dict(&self.c, &self.c.records[self._index(i)])
@@ -383,6 +447,9 @@ cdef class DecodedBatch:
 
 
 # ---- dict views of records ----
+
+# Ledger's fields in order, named as in the contract
+cdef tuple LEDGER_FIELDS = tuple(f.name for f in stream_pb2.Ledger.DESCRIPTOR.fields)
 
 # Context's string fields by number, named as in the contract
 cdef dict CONTEXT_FIELDS = {
@@ -436,6 +503,14 @@ cdef dict process_dict(const tapio_batch *b, const tapio_process_rec *p):
         "ancestors": [p.ancestors[i] for i in range(n)],
         "start_time_ns": p.start_time_ns,
     }
+
+
+cdef dict collapsed_dict(const tapio_collapsed_rec *c):
+    return {"first_timestamp_ns": c.first_timestamp_ns, "last_timestamp_ns": c.last_timestamp_ns,
+            "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received,
+            "duration_min_ns": c.duration_min_ns, "duration_max_ns": c.duration_max_ns,
+            "duration_total_ns": c.duration_total_ns, "sport_min": c.sport_min,
+            "sport_max": c.sport_max}
 
 
 cdef dict details_dict(const tapio_batch *b, const tapio_record *rec):
@@ -494,6 +569,8 @@ cdef dict record_dict(const tapio_batch *b, const tapio_record *rec):
         out["context"] = context_dict(b, record_context(b, rec))
     if rec.process:
         out["process"] = process_dict(b, record_process(b, rec))
+    if rec.collapsed:
+        out["collapsed"] = collapsed_dict(record_collapsed(b, rec))
     if rec.details:  # the details' key is their type's name: "exec", "tcp_close", ...
         out[vocab.event_type_name(rec.details)] = details_dict(b, rec)
     return out
@@ -506,6 +583,8 @@ cdef uint64_t batch_checksum(const tapio_batch *b) noexcept nogil:
     cdef const tapio_details *d
     cdef const tapio_context_rec *c
     cdef const tapio_process_rec *p
+    cdef const tapio_collapsed_rec *k
+    s += b.first_seq + b.last_seq
     for i in range(b.count):
         rec = &b.records[i]
         d = &rec.d
@@ -537,6 +616,11 @@ cdef uint64_t batch_checksum(const tapio_batch *b) noexcept nogil:
             s += p.executable.len + p.command_line.len + p.user.len + p.start_time_ns + p.n_ancestors
             for j in range(p.n_ancestors if p.n_ancestors < MAX_ANCESTORS else MAX_ANCESTORS):
                 s += p.ancestors[j]
+        k = record_collapsed(b, rec)
+        if k != NULL:
+            s += (k.first_timestamp_ns + k.last_timestamp_ns + k.bytes_sent + k.bytes_received
+                  + k.duration_min_ns + k.duration_max_ns + k.duration_total_ns + k.sport_min
+                  + k.sport_max)
     return s
 
 

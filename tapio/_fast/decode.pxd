@@ -51,24 +51,21 @@ cdef inline void span_set(const tapio_batch *b, tapio_span *span, const uint8_t 
                           const uint8_t *end) noexcept nogil:
     span.off = <uint32_t>(body - b.buf)
     span.len = <uint32_t>(end - body)
-    span.more = 0
+    span.more = span.tail = 0
 
 
 cdef inline const uint8_t *span_append(tapio_batch *b, tapio_span *head, const uint8_t *body,
                                        const uint8_t *end, wire_error *err) noexcept nogil:
     """Chain one more body of a message that occurred again (protobuf merges the occurrences)."""
-    cdef uint32_t i
     if grow(<void **>&b.spans, &b.spans_cap, sizeof(tapio_span), b.n_spans + 1) < 0:
         return wire_fail(err, WIRE_NO_MEMORY, body)
     span_set(b, &b.spans[b.n_spans], body, end)
     b.n_spans += 1
     if head.more == 0:
         head.more = b.n_spans
-        return end
-    i = head.more - 1
-    while b.spans[i].more:
-        i = b.spans[i].more - 1
-    b.spans[i].more = b.n_spans
+    else:
+        b.spans[head.tail - 1].more = b.n_spans
+    head.tail = b.n_spans
     return end
 
 
@@ -295,6 +292,38 @@ cdef inline const uint8_t *parse_signal(const tapio_batch *b, const uint8_t *p, 
     return p
 
 
+cdef inline const uint8_t *parse_collapsed(const uint8_t *p, const uint8_t *end,
+                                           tapio_collapsed_rec *x, wire_error *err) noexcept nogil:
+    cdef uint32_t tag = 0
+    while p < end:
+        p = get_tag(p, end, &tag, err)
+        if p == NULL:
+            return wire_fail_in(err, "Collapsed", 0)
+        if tag == 0x09:
+            p = get_fixed64(p, end, &x.first_timestamp_ns, err)
+        elif tag == 0x11:
+            p = get_fixed64(p, end, &x.last_timestamp_ns, err)
+        elif tag == 0x18:
+            p = get_varint(p, end, &x.bytes_sent, err)
+        elif tag == 0x20:
+            p = get_varint(p, end, &x.bytes_received, err)
+        elif tag == 0x28:
+            p = get_varint(p, end, &x.duration_min_ns, err)
+        elif tag == 0x30:
+            p = get_varint(p, end, &x.duration_max_ns, err)
+        elif tag == 0x38:
+            p = get_varint(p, end, &x.duration_total_ns, err)
+        elif tag == 0x40:
+            p = get_u32(p, end, &x.sport_min, err)
+        elif tag == 0x48:
+            p = get_u32(p, end, &x.sport_max, err)
+        else:
+            p = skip_other(p, end, tag, field_mask(1, 9), err)
+        if p == NULL:
+            return wire_fail_in(err, "Collapsed", tag >> 3)
+    return p
+
+
 cdef inline const uint8_t *parse_details(tapio_batch *b, const uint8_t *p, const uint8_t *end,
                                          tapio_record *rec, uint8_t kind, wire_error *err) noexcept nogil:
     """One occurrence of a details oneof member: another member starts over, the same one merges."""
@@ -353,6 +382,36 @@ cdef inline const uint8_t *parse_event_process(tapio_batch *b, const uint8_t *p,
     return parse_process(b, p, end, &b.processes[rec.process - 1], err)
 
 
+cdef inline const uint8_t *parse_event_collapsed(tapio_batch *b, const uint8_t *p, const uint8_t *end,
+                                                 tapio_record *rec, wire_error *err) noexcept nogil:
+    if rec.collapsed == 0:  # another occurrence merges into the first (the last value wins)
+        if grow(<void **>&b.collapses, &b.collapses_cap, sizeof(tapio_collapsed_rec), b.n_collapses + 1) < 0:
+            return wire_fail(err, WIRE_NO_MEMORY, p)
+        memset(&b.collapses[b.n_collapses], 0, sizeof(tapio_collapsed_rec))
+        b.n_collapses += 1
+        rec.collapsed = b.n_collapses
+    return parse_collapsed(p, end, &b.collapses[rec.collapsed - 1], err)
+
+
+cdef inline const uint8_t *parse_ledger(tapio_batch *b, const uint8_t *p, const uint8_t *end,
+                                        wire_error *err) noexcept nogil:
+    cdef uint32_t tag = 0
+    if not b.has_ledger:
+        memset(b.ledger, 0, sizeof(b.ledger))
+        b.has_ledger = 1
+    while p < end:
+        p = get_tag(p, end, &tag, err)
+        if p == NULL:
+            return wire_fail_in(err, "Ledger", 0)
+        if tag & 7 == WT_VARINT and 1 <= tag >> 3 <= 6:
+            p = get_varint(p, end, &b.ledger[(tag >> 3) - 1], err)
+        else:
+            p = skip_other(p, end, tag, field_mask(1, 6), err)
+        if p == NULL:
+            return wire_fail_in(err, "Ledger", tag >> 3)
+    return p
+
+
 cdef inline const uint8_t *parse_event(tapio_batch *b, const uint8_t *p, const uint8_t *end,
                                        tapio_record *rec, wire_error *err) noexcept nogil:
     cdef uint32_t tag = 0, field = 0
@@ -392,13 +451,17 @@ cdef inline const uint8_t *parse_event(tapio_batch *b, const uint8_t *p, const u
             p = get_len(p, end, &body, err)
             if p != NULL:
                 p = parse_event_process(b, body, p, rec, err)
+        elif tag == 0x72:
+            p = get_len(p, end, &body, err)
+            if p != NULL:
+                p = parse_event_collapsed(b, body, p, rec, err)
         else:  # (nested, so that the tests above compile to a C switch)
             if tag & 7 == WT_LEN and 16 <= field <= 22:  # the details oneof
                 p = get_len(p, end, &body, err)
                 if p != NULL:
                     p = parse_details(b, body, p, rec, <uint8_t>(field - 15), err)
             else:
-                p = skip_other(p, end, tag, field_mask(1, 13) | field_mask(16, 22), err)
+                p = skip_other(p, end, tag, field_mask(1, 14) | field_mask(16, 22), err)
         if p == NULL:
             return wire_fail_in(err, "Event", field)
     return p
@@ -418,7 +481,7 @@ cdef inline tapio_record *new_record(tapio_batch *b, const uint8_t *at, wire_err
     rec.id.off = rec.id.len = rec.comm.off = rec.comm.len = 0
     rec.type = 0
     rec.pid = rec.tid = rec.ppid = rec.uid = rec.gid = rec.count = 0
-    rec.context = rec.process = 0
+    rec.context = rec.process = rec.collapsed = 0
     rec.details = 0
     b.count += 1
     return rec
@@ -437,6 +500,8 @@ cdef inline const uint8_t *parse_batch(tapio_batch *b, const uint8_t *p, const u
             p = get_len(p, end, &body, err)
             if p != NULL:
                 rec = new_record(b, body, err)
+                if rec != NULL:
+                    span_set(b, &rec.wire, body, p)
                 p = parse_event(b, body, p, rec, err) if rec != NULL else NULL
         elif tag == 0x08:
             p = get_varint(p, end, &b.batch_id, err)
@@ -454,8 +519,16 @@ cdef inline const uint8_t *parse_batch(tapio_batch *b, const uint8_t *p, const u
             p = get_varint(p, end, &b.processor_drops, err)
         elif tag == 0x48:
             p = get_varint(p, end, &b.buffer_drops, err)
+        elif tag == 0x50:
+            p = get_varint(p, end, &b.first_seq, err)
+        elif tag == 0x58:
+            p = get_varint(p, end, &b.last_seq, err)
+        elif tag == 0x62:
+            p = get_len(p, end, &body, err)
+            if p != NULL:
+                p = parse_ledger(b, body, p, err)
         else:
-            p = skip_other(p, end, tag, field_mask(1, 9), err)
+            p = skip_other(p, end, tag, field_mask(1, 12), err)
         if p == NULL:
             return wire_fail_in(err, "EventBatch", tag >> 3)
     return p
@@ -463,8 +536,10 @@ cdef inline const uint8_t *parse_batch(tapio_batch *b, const uint8_t *p, const u
 
 cdef inline void reset_request(tapio_batch *b, uint8_t kind) noexcept nogil:
     """The request oneof switched member: forget what the previous one held."""
-    b.count = b.n_contexts = b.n_processes = b.n_spans = 0
+    b.count = b.n_contexts = b.n_processes = b.n_collapses = b.n_spans = 0
     b.batch_id = b.created_at_ns = b.kernel_drops = b.processor_drops = b.buffer_drops = 0
+    b.first_seq = b.last_seq = 0
+    b.has_ledger = 0
     b.collector_id.off = b.collector_id.len = b.node_name.off = b.node_name.len = 0
     b.path = 0
     b.kind = kind
@@ -476,6 +551,7 @@ cdef inline const uint8_t *parse_request(tapio_batch *b, wire_error *err) noexce
     cdef const uint8_t *end = b.buf + b.size
     cdef const uint8_t *body = NULL
     cdef uint32_t tag = 0, field = 0
+    cdef tapio_record *rec
     while p < end:
         p = get_tag(p, end, &tag, err)
         if p == NULL:
@@ -485,8 +561,14 @@ cdef inline const uint8_t *parse_request(tapio_batch *b, wire_error *err) noexce
             p = get_len(p, end, &body, err)
             if p != NULL and b.kind != field:
                 reset_request(b, <uint8_t>field)
-                if field == KIND_EVENT and new_record(b, body, err) == NULL:
-                    p = NULL
+                if field == KIND_EVENT:
+                    rec = new_record(b, body, err)
+                    if rec == NULL:
+                        p = NULL
+                    else:
+                        span_set(b, &rec.wire, body, p)
+            elif p != NULL and field == KIND_EVENT:  # the event again: its bodies merge
+                p = span_append(b, &b.records[0].wire, body, p, err)
             if p != NULL and field == KIND_BATCH:
                 p = parse_batch(b, body, p, err)
             elif p != NULL and field == KIND_EVENT:

@@ -13,7 +13,7 @@ from tapio._fast.events cimport (
     TAPIO_FILENAME_LEN, TAPIO_ARGS_LEN, TAPIO_CGROUP_NAME_LEN, TAPIO_EXEC_ARGS_TRUNCATED,
     TAPIO_TCP_PASSIVE,
 )
-from tapio._fast.arena cimport arena_t, arena_slot
+from tapio._fast.arena cimport arena_t, arena_slot, slot_totals
 from tapio._fast.wire cimport varint_size, put_varint, put_fixed64, WT_LEN
 from tapio._fast.utf8 cimport scrub_copy
 
@@ -287,6 +287,29 @@ cdef inline uint8_t *signal_write(uint8_t *w, const tapio_signal *x) noexcept no
     return w_text(w, 0x22, x.sender_comm, cstr_len(x.sender_comm, TAPIO_COMM_LEN))
 
 
+# ---- collapsed: the totals of a slot that stands for several events ----
+
+cdef inline size_t collapsed_size(const slot_totals *t, const encode_opts *o) noexcept nogil:
+    return ((9 if t.first_ns + o.boot_to_wall_ns else 0) + (9 if t.last_ns + o.boot_to_wall_ns else 0)
+            + sz_uint(t.bytes_sent) + sz_uint(t.bytes_received) + sz_uint(t.duration_min_ns)
+            + sz_uint(t.duration_max_ns) + sz_uint(t.duration_total_ns) + sz_uint(t.sport_min)
+            + sz_uint(t.sport_max))
+
+
+cdef inline uint8_t *collapsed_write(uint8_t *w, const slot_totals *t, size_t size,
+                                     const encode_opts *o) noexcept nogil:
+    w = w_message_head(w, 14, size)  # Event.collapsed
+    w = w_fixed64(w, 0x09, t.first_ns + o.boot_to_wall_ns)
+    w = w_fixed64(w, 0x11, t.last_ns + o.boot_to_wall_ns)
+    w = w_uint(w, 0x18, t.bytes_sent)
+    w = w_uint(w, 0x20, t.bytes_received)
+    w = w_uint(w, 0x28, t.duration_min_ns)
+    w = w_uint(w, 0x30, t.duration_max_ns)
+    w = w_uint(w, 0x38, t.duration_total_ns)
+    w = w_uint(w, 0x40, t.sport_min)
+    return w_uint(w, 0x48, t.sport_max)
+
+
 # ---- one event ----
 
 cdef inline size_t details_size(const tapio_event *e, const encode_opts *o) noexcept nogil:
@@ -323,13 +346,15 @@ cdef inline size_t event_size(const arena_t *a, uint32_t slot, const event_id *i
                               const encode_opts *o) noexcept nogil:
     """Size of the Event body of slot `slot`, whose details body is `details` bytes."""
     cdef const tapio_header *h = &arena_slot(a, slot).hdr
+    cdef size_t collapsed
     cdef size_t n = 2 + id.len  # id: tag, length (< 128), "ebpf-<n>"
     n += 2  # type: 1..7
     n += 9 if h.timestamp_ns + o.boot_to_wall_ns else 0
     n += sz_uint(h.pid) + sz_uint(h.tid) + sz_uint(h.ppid) + sz_uint(h.uid) + sz_uint(h.gid)
     n += sz_uint(h.cgroup_id) + sz_len(cstr_len(h.comm, TAPIO_COMM_LEN))
     if a.repeat[slot] > 1:
-        n += 1 + varint_size(a.repeat[slot])
+        collapsed = collapsed_size(&a.totals[slot], o)
+        n += 1 + varint_size(a.repeat[slot]) + 2 + collapsed  # count; collapsed: tag, length (< 128)
     if a.ctx_ptr[slot] != NULL:
         n += a.ctx_len[slot]
     if a.proc_ptr[slot] != NULL:
@@ -364,6 +389,8 @@ cdef inline uint8_t *event_write(uint8_t *w, const arena_t *a, uint32_t slot, co
     if a.proc_ptr[slot] != NULL:
         memcpy(w, a.proc_ptr[slot], a.proc_len[slot])
         w += a.proc_len[slot]
+    if a.repeat[slot] > 1:
+        w = collapsed_write(w, &a.totals[slot], collapsed_size(&a.totals[slot], o), o)
     w = w_message_head(w, 15 + h.type, details)  # the type's oneof member: exec = 16, ...
     return details_write(w, e, o)
 
@@ -372,10 +399,12 @@ cdef inline uint8_t *event_write(uint8_t *w, const arena_t *a, uint32_t slot, co
 
 cdef enum:
     # The most bytes one Event can take besides its context and process blobs, every field at its
-    # widest: id, type, timestamp, five uint32s, cgroup id, comm, count, the details' tag and
-    # length, and the widest details (exec: filename, then argv at worst 3 bytes per byte of
-    # args[] (a one-byte argument cut off without NUL), args_count, args_truncated).
-    MAX_EVENT_BYTES = (2 + 5 + 20 + 2 + 9 + 5 * 6 + 11 + 2 + TAPIO_COMM_LEN + 6 + 2 + 2
+    # widest: id, type, timestamp, five uint32s, cgroup id, comm, count, collapsed (tag, length,
+    # two fixed64s, five uint64s, two uint32s), the details' tag and length, and the widest
+    # details (exec: filename, then argv at worst 3 bytes per byte of args[] (a one-byte argument
+    # cut off without NUL), args_count, args_truncated).
+    MAX_EVENT_BYTES = (2 + 5 + 20 + 2 + 9 + 5 * 6 + 11 + 2 + TAPIO_COMM_LEN + 6
+                       + 2 + 2 * 9 + 5 * 11 + 2 * 6 + 2 + 2
                        + 3 + TAPIO_FILENAME_LEN + 3 * TAPIO_ARGS_LEN + 6 + 2)
 
 

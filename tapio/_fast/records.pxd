@@ -36,10 +36,12 @@ cdef struct tapio_ref:
 
 cdef struct tapio_span:
     # the body of a submessage that is re-read on demand; when the message occurred more than once
-    # (protobuf merges the occurrences), `more` is 1 + the index of the next body in spans[]
+    # (protobuf merges the occurrences), `more` is 1 + the index of the next body in spans[], and
+    # the first body's `tail` is 1 + the index of the last (appending stays O(1))
     uint32_t off
     uint32_t len
     uint32_t more
+    uint32_t tail
 
 
 cdef struct tapio_exec_rec:
@@ -90,6 +92,19 @@ cdef struct tapio_signal_rec:
     uint32_t sender_pid
 
 
+cdef struct tapio_collapsed_rec:
+    # tapio.v1.Collapsed: what an event with count > 1 stands for
+    uint64_t first_timestamp_ns
+    uint64_t last_timestamp_ns
+    uint64_t bytes_sent
+    uint64_t bytes_received
+    uint64_t duration_min_ns
+    uint64_t duration_max_ns
+    uint64_t duration_total_ns
+    uint32_t sport_min
+    uint32_t sport_max
+
+
 cdef union tapio_details:
     tapio_exec_rec exec
     tapio_exit_rec exit
@@ -112,6 +127,8 @@ cdef struct tapio_record:
     uint32_t count
     uint32_t context          # 1 + index into contexts[], 0: none (record_context())
     uint32_t process          # 1 + index into processes[], 0: none (record_process())
+    uint32_t collapsed        # 1 + index into collapses[], 0: none (record_collapsed())
+    tapio_span wire           # the Event message's own bytes (more than one body if it was merged)
     uint8_t details           # which details are set, as a tapio_event_type (oneof field - 15); 0: none
     tapio_details d
 
@@ -143,6 +160,9 @@ cdef struct tapio_batch:
     tapio_process_rec *processes
     uint32_t n_processes
     uint32_t processes_cap
+    tapio_collapsed_rec *collapses
+    uint32_t n_collapses
+    uint32_t collapses_cap
     tapio_span *spans         # continuations of tapio_spans (merged repeated submessages)
     uint32_t n_spans
     uint32_t spans_cap
@@ -151,10 +171,14 @@ cdef struct tapio_batch:
     uint64_t kernel_drops
     uint64_t processor_drops
     uint64_t buffer_drops
+    uint64_t first_seq
+    uint64_t last_seq
+    uint64_t ledger[6]        # tapio.v1.Ledger's fields in order, when has_ledger
     tapio_ref collector_id
     tapio_ref node_name
     int32_t path
     uint8_t kind
+    uint8_t has_ledger
 
 
 # ---- reading records from C ----
@@ -169,6 +193,10 @@ cdef inline tapio_context_rec *record_context(const tapio_batch *b, const tapio_
 
 cdef inline tapio_process_rec *record_process(const tapio_batch *b, const tapio_record *rec) noexcept nogil:
     return &b.processes[rec.process - 1] if rec.process else NULL
+
+
+cdef inline tapio_collapsed_rec *record_collapsed(const tapio_batch *b, const tapio_record *rec) noexcept nogil:
+    return &b.collapses[rec.collapsed - 1] if rec.collapsed else NULL
 
 
 cdef struct field_iter:
@@ -225,7 +253,7 @@ cdef inline void label_key_value(const tapio_batch *b, tapio_ref label, tapio_re
     cdef tapio_span span
     span.off = label.off
     span.len = label.len
-    span.more = 0
+    span.more = span.tail = 0
     key.off = key.len = value.off = value.len = 0
     field_iter_init(&it, b, &span, 1)
     while field_iter_next(&it, key):  # the last occurrence wins

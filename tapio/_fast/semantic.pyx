@@ -7,7 +7,8 @@ For each batch of events in an EventArena, `SemanticProcessor.process()`:
   2. points each kept event at its pre-encoded Context (by cgroup id) and Process (by pid), from
      C hash maps; only a miss calls into Python (the enrichment modules), once per cgroup or
      process, not once per event;
-  3. collapses identical repeats inside the batch into the first one, with a count;
+  3. collapses repeats inside the batch into the first one, with a count and the totals of
+     what they said (bytes, times, durations, ports: tapio.v1.Collapsed);
   4. orders the survivors: priority events (OOM kills, fatal signals, failed exits) first.
 Exec and exit events also keep the process table current (a Python call each: they are the
 rare kind; connection events, the common kind, never leave C).
@@ -22,7 +23,7 @@ from libc.string cimport memcmp, memcpy
 cdef extern from "string.h" nogil:
     size_t strnlen(const char *s, size_t maxlen)
 
-from tapio._fast.arena cimport EventArena, arena_t, arena_slot
+from tapio._fast.arena cimport EventArena, arena_t, arena_slot, arena_fold
 from tapio._fast.events cimport (
     tapio_event, tapio_header, TAPIO_COMM_LEN, TAPIO_EVENT_EXEC, TAPIO_EVENT_EXIT,
     TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_ACCEPT, TAPIO_EVENT_TCP_CLOSE, TAPIO_EVENT_OOM_KILL,
@@ -251,7 +252,7 @@ cdef class SemanticProcessor:
             if self.collapse:
                 key = repeat_key(e)
                 if u64map_get(&self.repeats, key, &j) and same_occurrence(arena_slot(a, j), e):
-                    a.repeat[j] += 1
+                    arena_fold(a, j, e)   # slot j keeps e's bytes, time, duration and port
                     self.collapsed += 1
                     continue
                 u64map_put(&self.repeats, key, i)
