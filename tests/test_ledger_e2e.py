@@ -16,7 +16,8 @@ import time
 import pytest
 
 from tapio.collector.spool import HEADER
-from tests.helpers import BIN, ManagedProcess, ServerProcess, free_port, read_json_lines, wait_until
+from tests.helpers import (BIN, ManagedProcess, ServerProcess, free_port, http_get, http_json,
+                           read_json_lines, wait_until)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FATES = ("delivered", "filtered", "collapsed", "dropped_kernel", "dropped_processor",
@@ -189,3 +190,39 @@ def test_sigint_with_a_stopped_server_counts_and_spools_the_undelivered(tmp_path
     assert "(kept in the spool)" in line, line
     assert_every_event_in_one_count(counts, line, [e["id"] for e in server.events()])
     assert spooled_events(spool) == counts["undelivered"], "every undelivered event is in the spool"
+
+
+def test_the_server_sees_the_gaps_and_the_ledger_of_each_collector(tmp_path):
+    """A slow server and a small send buffer: the collector drops whole batches, and the server
+    finds each dropped range as a gap in the collector's sequence, exactly; it shows the
+    collector's ledger in /api/v1/collectors and /metrics."""
+    server = ServerProcess(tmp_path, ["--debug-batch-delay", "40ms", "--ingest-queue", "8"],
+                           http=True).wait_listening()
+    total = 60_000
+    # rounds of up to 5000 events (~0.5 MB) into a 1 MiB send buffer: a round that comes while
+    # the buffer is 3/4 full pushes older batches out
+    col = ManagedProcess(collector_argv(server.address, "--rate", "50000", "--count", str(total),
+                                        "--batch-size", "500", "--max-memory", "1MiB",
+                                        "--flush-interval", "200ms", "--ring-buffer-size", "4MiB",
+                                        "--shutdown-timeout", "30s", "--collector-id", "gappy"),
+                         str(tmp_path / "collector.log"))
+    try:
+        assert col.proc.wait(90) == 0, col.log()[-2000:]
+        status, body = http_json(server.http_url + "/api/v1/collectors")
+        _, _, metrics = http_get(server.http_url + "/metrics")
+    finally:
+        col.stop()
+        server.stop()
+    counts, line = ledger_of(col.log())
+    assert_every_event_in_one_count(counts, line, [e["id"] for e in server.events()])
+    assert counts["dropped_buffer"] > 0 and counts["undelivered"] == 0, line
+    (collector,) = [c for c in body["collectors"] if c["id"] == "gappy"]
+    ledger = collector["ledger"]
+    reported = ledger["reported"]
+    assert reported["seen"] == counts["seen"] == total, (reported, line)
+    assert reported["dropped_kernel"] == counts["dropped_kernel"], (reported, line)
+    assert ledger["missing_events"] == counts["dropped_buffer"], (ledger, line)
+    assert ledger["gaps"] >= 1 and ledger["highest_seq"] == total - counts["dropped_kernel"]
+    text = metrics.decode()
+    assert f'tapio_collector_missing_events_total{{collector="gappy"}} {float(counts["dropped_buffer"])}' in text
+    assert f'tapio_collector_ledger_events{{collector="gappy",fate="seen"}} {float(total)}' in text

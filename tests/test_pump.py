@@ -36,7 +36,7 @@ class RecordingSink:
         if self.on_submit is not None:
             self.on_submit()
 
-    def ledger(self):
+    def ledger(self, open_events=True):
         return {"delivered": sum(b[3] for b in self.batches), "dropped_buffer": 0, "undelivered": 0}
 
     def ids(self):
@@ -186,3 +186,32 @@ async def test_configure_sets_the_batch_size_and_flush_interval(autojump_clock):
     await run_for(pump, 0.55)
     assert max(len(b[2]) for b in sink.batches) == 10
     assert sink.batches[0][0] == pytest.approx(0.1, abs=0.01)
+
+
+@pytest.mark.parametrize("path", ["raw", "semantic"])
+async def test_the_ranges_of_the_batches_partition_the_sequence(autojump_clock, path):
+    """Every event number is in the range of exactly one batch of the ledger's path (priority
+    batches, sent ahead of the rest, carry none), and each batch carries the ledger so far."""
+    pump, sink, processor = make_pump(SyntheticSource(rate=20_000, count=5000), path=path,
+                                      buffer_size=700, batch_size=64)
+    with trio.fail_after(5):
+        await pump.run()
+    covered = []
+    seen = 0
+    for _, _, batch, _, priority in sink.batches:
+        if priority:
+            assert (batch.first_seq, batch.last_seq) == (0, 0)
+        else:
+            assert batch.first_seq <= batch.last_seq
+            covered.extend(range(batch.first_seq, batch.last_seq + 1))
+            for i in range(len(batch)):
+                assert batch.first_seq <= int(batch.event_id(i)[5:]) <= batch.last_seq
+        assert batch.ledger["seen"] >= seen
+        seen = batch.ledger["seen"]
+    assert covered == list(range(1, 5001))
+    assert seen == 5000
+    final = sink.batches[-1][2].ledger
+    totals = assert_ledger_closes(pump, processor, sink)
+    assert (final["filtered"], final["collapsed"]) == (totals.filtered, totals.collapsed)
+    if path == "semantic":
+        assert any(b[4] for b in sink.batches), "the synthetic mix has priority events"

@@ -165,13 +165,16 @@ cdef class BatchEncoder:
 
     def encode(self, EventArena arena not None, uint64_t batch_id, uint64_t first_seq,
                uint64_t kernel_drops=0, uint64_t processor_drops=0, uint64_t buffer_drops=0,
-               int path=2, created_at_ns=None, order=None, uint64_t last_seq=0, ledger=None):
+               int path=2, created_at_ns=None, order=None, uint64_t last_seq=0, ledger=None,
+               seq_range=None):
         """The arena's events (or the slots listed in `order`, a uint32 buffer such as
         array('I'), in that order) as the bytes of one TapioStreamEventsRequest{batch}.
         The event in slot s gets the id ebpf-<first_seq + s>; created_at_ns defaults to now.
         The batch accounts for the sequence numbers first_seq..last_seq (0: through the arena's
         last slot; events left out by `order` were filtered or collapsed). `ledger` is the
-        collector's running totals, six ints in tapio.v1.Ledger field order, or None."""
+        collector's running totals, six ints in tapio.v1.Ledger field order, or None.
+        seq_range: (first, last) written as the batch's range instead, verbatim, (0, 0) for
+        none: for one of several batches cut from one arena, whose range starts past slot 0."""
         cdef const uint32_t[::1] order_view
         cdef const uint32_t *slots = NULL
         cdef const arena_t *a = &arena.c
@@ -199,6 +202,9 @@ cdef class BatchEncoder:
             raise ValueError(f"event ids from ebpf-{first_seq} for {a.count} slots pass 2**64-1")
         if last_seq == 0:
             last_seq = first_seq + a.count - 1 if a.count else (first_seq - 1 if first_seq else 0)
+        cdef uint64_t range_first = first_seq
+        if seq_range is not None:
+            range_first, last_seq = seq_range
         if ledger is not None:
             if len(ledger) != 6:
                 raise ValueError("a ledger is six counts: seen, filtered, collapsed, dropped_kernel, "
@@ -214,7 +220,7 @@ cdef class BatchEncoder:
         head = sz_uint(batch_id) + sz_len(len(cid))
         tail = ((9 if created else 0) + sz_uint(kernel_drops) + sz_uint(<uint32_t>path)
                 + sz_len(len(node)) + sz_uint(processor_drops) + sz_uint(buffer_drops)
-                + sz_uint(first_seq) + sz_uint(last_seq) + (2 + ledger_size if ledger is not None else 0))
+                + sz_uint(range_first) + sz_uint(last_seq) + (2 + ledger_size if ledger is not None else 0))
         self._reserve(HEAD + head + events_bound(a, slots, n) + tail)
         w = self._buf + HEAD
         w = w_uint(w, 0x08, batch_id)
@@ -228,7 +234,7 @@ cdef class BatchEncoder:
         w = w_raw(w, 0x3a, PyBytes_AS_STRING(node), len(node))
         w = w_uint(w, 0x40, processor_drops)
         w = w_uint(w, 0x48, buffer_drops)
-        w = w_uint(w, 0x50, first_seq)
+        w = w_uint(w, 0x50, range_first)
         w = w_uint(w, 0x58, last_seq)
         if ledger is not None:
             w = w_message_head(w, 12, ledger_size)  # < 128: one byte of length

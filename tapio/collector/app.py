@@ -14,7 +14,7 @@ from tapio._fast.codec import BatchEncoder
 from tapio.collector.clock import boot_to_wall_ns
 from tapio.collector.ebpf_source import EbpfSource
 from tapio.collector.enrich import Enrichment
-from tapio.collector.ledger import Ledger, summary
+from tapio.collector.ledger import summary
 from tapio.collector.processor import DualPathProcessor, ProcessorConfig
 from tapio.collector.pump import Pump
 from tapio.v1 import stream_pb2
@@ -115,7 +115,7 @@ async def _collect(args, signals):
             sink.on_configure = pump.configure
             sink.on_idle = pump.wake
             log.info("eBPF collector enabled with gRPC connection to %s", ",".join(args.server))
-        ledger = Ledger(pump, processor, sink)
+        ledger = pump.ledger
         http = _http(args, pump, source, sink, processor, ledger)   # bound now: a taken port is one line
         shutdown = Shutdown(pump, args.shutdown_timeout)
         async with trio.open_nursery() as nursery:

@@ -120,7 +120,8 @@ examples:
     p.flag("--backoff-multiplier", type=positive(float), default=2.0, metavar="X",
            help="backoff ceiling growth per failed round")
     p.flag("--shutdown-timeout", type=non_negative(parse_duration), default="10s", metavar="DURATION",
-           help="on SIGTERM, how long to wait for the server's acks")
+           help="on SIGINT/SIGTERM, the longest the collector takes to flush and wait for the "
+                "server's acks; what is left is counted as not delivered (and stays in the spool)")
     p.flag("--http-port", type=port, default=9091, metavar="PORT",
            help="HTTP port of /metrics, /healthz, /readyz and /api/v1/stats (0: no HTTP)")
     p.flag("--http-host", default="0.0.0.0", metavar="ADDR", help="address HTTP listens on")

@@ -32,10 +32,7 @@ class CollectorSurface:
         self.source = source
         self.sink = sink
         self.processor = processor
-        if ledger is None:
-            from tapio.collector.ledger import Ledger
-            ledger = Ledger(pump, processor, sink)
-        self.ledger = ledger
+        self.ledger = ledger if ledger is not None else pump.ledger
         self.output = getattr(args, "output", None)
         self.started = time.time()
 

@@ -12,6 +12,7 @@ import trio
 
 from tapio._fast.arena import EventArena
 from tapio.collector.clock import boot_to_wall_ns
+from tapio.collector.ledger import Ledger
 from tapio.collector.processor import PATH_RAW, PATH_SEMANTIC
 
 log = logging.getLogger("tapio.collector")
@@ -48,6 +49,7 @@ class Pump:
         self._stopping = False
         self._wait_scope = None
         self.ledger_path = PATH_SEMANTIC if getattr(processor, "semantic", None) is not None else PATH_RAW
+        self.ledger = Ledger(self, processor, sink)
 
     def wake(self):
         """The sink became idle: events waiting for their batch may go now (safe from any task)."""
@@ -112,7 +114,15 @@ class Pump:
             if not moved:
                 break
             await trio.lowlevel.checkpoint()
-        self.stats.kernel_drops += self.source.kernel_drops_since_last()
+        late = self.source.kernel_drops_since_last()
+        if late:
+            # drops after the last batch: one more batch, without events, reports them
+            self.stats.kernel_drops += late
+            self._batch_id += 1
+            self.stats.batches += 1
+            data = self.encoder.encode(self.arena, self._batch_id, 0, path=self.ledger_path,
+                                       kernel_drops=late, seq_range=(0, 0), ledger=self.ledger.wire())
+            await self.sink.submit(self._batch_id, data, 0)
 
     def configure(self, batch_size=None, flush_interval=None):
         """Apply a server's StreamControl CONFIGURE: the most events per batch, on both paths,
@@ -133,11 +143,14 @@ class Pump:
         self.encoder.boot_to_wall_ns = boot_to_wall_ns()
         for plan in self.processor.plans(self.arena):
             self._batch_id += 1
-            # the processor filters and collapses by design, but never drops for lack of room:
-            # its drop count stays 0
+            # each batch says which of our sequence numbers it accounts for, so that a server
+            # can tell a range that never arrived; and where every event went so far
+            seq_range = (0, 0) if plan.slots is None else (first_seq + plan.slots[0],
+                                                           first_seq + plan.slots[1])
             data = self.encoder.encode(self.arena, self._batch_id, first_seq, path=plan.path,
                                        order=plan.order, kernel_drops=kernel_drops,
-                                       buffer_drops=buffer_drops)
+                                       buffer_drops=buffer_drops, seq_range=seq_range,
+                                       ledger=self.ledger.wire())
             kernel_drops = buffer_drops = 0          # reported once, in the first batch
             self.stats.batches += 1
             events = n if plan.order is None else len(plan.order)
