@@ -129,7 +129,7 @@ def test_sigint_under_a_flood_leaves_within_the_shutdown_timeout(tmp_path):
         col.proc.send_signal(signal.SIGINT)
         started = time.monotonic()
         try:
-            col.proc.wait(3 + 5)
+            col.proc.wait(3 + 2)
         except subprocess.TimeoutExpired:
             pytest.fail(f"the collector still runs {time.monotonic() - started:.0f}s after SIGINT "
                         f"(shutdown timeout 3s):\n{col.log()[-2000:]}")
@@ -178,7 +178,7 @@ def test_sigint_with_a_stopped_server_counts_and_spools_the_undelivered(tmp_path
         col.wait_log("Failed to connect", timeout=20)       # the burst goes on without a server
         col.proc.send_signal(signal.SIGINT)
         try:
-            col.proc.wait(2 + 5)
+            col.proc.wait(2 + 2)
         except subprocess.TimeoutExpired:
             pytest.fail(f"the collector still runs after SIGINT:\n{col.log()[-2000:]}")
         assert col.proc.returncode == 0, col.log()[-2000:]

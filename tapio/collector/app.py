@@ -143,21 +143,26 @@ async def _collect(args, signals):
 
 class Shutdown:
     """The shutdown timeout runs from the first SIGINT/SIGTERM (or from the end of a bounded
-    source): draining and waiting for acks together take at most that long."""
+    source): draining, waiting for acks and taking everything down fit in it. The last tenth
+    of it (half a second at most) is left for taking down: detaching the probes, closing the
+    spool and the stream."""
 
     def __init__(self, pump, timeout):
         self.pump = pump
         self.timeout = timeout
         self.deadline = None
 
-    def begin(self):
+    def _start(self):
         if self.deadline is None:
-            self.deadline = trio.current_time() + self.timeout
+            self.deadline = trio.current_time() + self.timeout - min(0.5, self.timeout / 10)
+
+    def begin(self):
+        self._start()
         self.pump.stop()
 
     def remaining(self):
-        if self.deadline is None:
-            self.deadline = trio.current_time() + self.timeout
+        """How long the acks may still be waited for."""
+        self._start()
         return max(0.0, self.deadline - trio.current_time())
 
 

@@ -161,7 +161,7 @@ def main(argv=None):
     from tapio._fast.kernel import BpfError
     from tapio.collector import app
     try:
-        return app.run(args)
+        code = app.run(args)
     except BpfError as e:
         print(f"tapio-collector: {e.strerror}", file=sys.stderr)
         return 2
@@ -173,6 +173,13 @@ def main(argv=None):
             print(f"tapio-collector: cannot open {e.filename}: {e.strerror}", file=sys.stderr)
             return 2
         raise
+    # Everything is closed and flushed by now (probes, spool, stream, output). The
+    # interpreter's own exit (grpc's shutdown among it) can take another second or more on a
+    # busy host, and the shutdown timeout is a promise: leave at once.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
