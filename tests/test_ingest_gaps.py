@@ -46,7 +46,7 @@ def test_a_missing_range_reaches_the_listeners_before_the_batch_that_reveals_it(
     ingest, calls, order = feed(decoded)
     (gap,) = calls
     collector_id, start_ns, end_ns, reason = gap
-    assert (collector_id, reason) == ("c1", "sequence")
+    assert (collector_id, reason) == ("c1", "sequence gap 201-300 (100 events)")
     assert start_ns == max(times(decoded[1])) and end_ns == min(times(decoded[2]))
     assert order == [1, 2, "gap", 3]
     state = ingest.collectors["c1"]
@@ -57,6 +57,6 @@ def test_a_missing_range_reaches_the_listeners_before_the_batch_that_reveals_it(
 def test_kernel_drops_are_a_gap_of_their_own_and_a_resent_batch_reveals_nothing():
     decoded = batches([(1, 50), (51, 90)], kernel_drops={2: 7})
     ingest, calls, order = feed(decoded + [decoded[1]])     # the last one is sent again
-    assert [c[3] for c in calls] == ["kernel"]
+    assert [c[3] for c in calls] == ["kernel drops: 7"]
     assert ingest.collectors["c1"].duplicates == 1
     assert ingest.collectors["c1"].ledger_json()["kernel_drop_batches"] == 1

@@ -155,7 +155,8 @@ class Ingest:
         self.decode_errors = 0
         self.pauses = 0
         self.consumers = []                     # callables(batch, collector_state), engine thread
-        # callables(collector_id, start_ns, end_ns, reason), engine thread, before the consumers
+        # callables(collector_id, start_ns, end_ns, reason text), engine thread, before the
+        # consumers
         self.gap_listeners = []
         self.gaps = 0
         self.latency = LatencyHistogram()       # kernel timestamp -> processed here
@@ -310,7 +311,7 @@ class Ingest:
                         gap.events)
         for listener in self.gap_listeners:
             try:
-                listener(state.collector_id, gap.start_ns, gap.end_ns, gap.reason)
+                listener(state.collector_id, gap.start_ns, gap.end_ns, gap.describe())
             except Exception:
                 log.exception("gap listener %r failed for %s", listener, state.collector_id)
 

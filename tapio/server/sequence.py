@@ -23,7 +23,14 @@ REASON_KERNEL = "kernel"        # events the kernel dropped before the collector
 LEDGER_FIELDS = ("seen", "filtered", "collapsed", "dropped_kernel", "dropped_processor",
                  "dropped_buffer")
 
-Gap = collections.namedtuple("Gap", "first_seq last_seq events start_ns end_ns reason")
+class Gap(collections.namedtuple("Gap", "first_seq last_seq events start_ns end_ns reason")):
+    __slots__ = ()
+
+    def describe(self):
+        """What a gap listener is told: "sequence gap 120-180 (61 events)", "kernel drops: 37"."""
+        if self.reason == REASON_SEQUENCE:
+            return f"sequence gap {self.first_seq}-{self.last_seq} ({self.events} events)"
+        return f"kernel drops: {self.events}"
 
 
 class SequenceTracker:
