@@ -36,6 +36,11 @@ score() compares the server's groups with the truth:
   false        a group at warning or worse that belongs to no incident: noise for the person on
                call. Groups that belong to an incident but are not the one that found it are
                listed as extra, not counted as false.
+
+Only groups about the harness's programs count (NoisyHost.owns: the group's subject is a process
+it started): other programs on the same host make groups of their own. The engine builds at
+most `max_groups_per_minute` (60) process-tree groups a minute per collector and drops the rest
+(counted, unseen); the background stays under that budget, so the noise it makes is all visible.
 """
 import collections
 import dataclasses
@@ -189,6 +194,8 @@ class Incident:
         a = group.get("attributes") or {}
         if group.get("kind") != self.kind:
             return f"kind {group.get('kind')}, not {self.kind}"
+        if group.get("severity") not in SEVERE:
+            return f"severity {group.get('severity')}: the person on call would not see it"
         if (a.get("container_id") or "") != self.container_id:
             return f"container {a.get('container_id') or 'none'}, not {self.container_id or 'none'}"
         if self.unit and a.get("systemd_unit") != self.unit:
@@ -574,11 +581,14 @@ class NoisyHost:
     def start_background(self):
         self.started = time.monotonic()
         self._http = self._start_http()
+        # pauses between runs, in seconds: about 50 commands a minute that may make a tree of
+        # processes, under the engine's default budget of 60 process-tree groups a minute (it
+        # builds no group past it, so a busier background would hide part of the noise)
         loops = {
-            "shims": ((0.4, 1.5), self._shim),
-            "prompt": ((0.5, 2.0), self._prompt),
-            "build": ((4.0, 9.0), self._build),
-            "containers": ((1.5, 4.0), self._container),
+            "shims": ((2.0, 5.0), self._shim),
+            "prompt": ((2.0, 5.0), self._prompt),
+            "build": ((10.0, 20.0), self._build),
+            "containers": ((4.0, 10.0), self._container),
             "http": ((0.2, 0.6), self._http_client),
             "service": ((0.0, 0.0), self._service),
         }
