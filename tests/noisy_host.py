@@ -12,7 +12,7 @@ Background: ordinary activity made by real programs, each kind in its own loop u
              compileall` of a small package
   containers short-lived cgroups shaped like docker and Kubernetes containers (cgroup v2 under the
              harness's own top directory), whose entrypoint runs a few healthy commands
-  http       a small HTTP server on 127.0.0.1 and `curl` clients
+  http       a small HTTP server on 127.0.0.1 and `curl` clients (Python ones without curl)
   service    a .service cgroup whose shell loop runs `date` and `sleep` every second
 
 Incidents, at seeded random moments, each with the ground truth a correct group states:
@@ -152,6 +152,14 @@ print(server.server_address[1], flush=True)
 while not os.path.exists(sys.argv[2]):
     server.handle_request()
 '''
+
+HTTP_CLIENT = """
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=5).read()
+except urllib.error.HTTPError:
+    pass
+"""
 
 SHIM = '''\
 #!/usr/bin/env bash
@@ -687,9 +695,11 @@ class NoisyHost:
         return server
 
     def _http_client(self, rng):
-        path = rng.choice(["/", "/index.html", "/index.html", "/missing"])
-        self.run(["curl", "-s", "-o", "/dev/null", "--max-time", "5",
-                  f"http://127.0.0.1:{self.http_port}{path}"], timeout=30)
+        url = f"http://127.0.0.1:{self.http_port}" + rng.choice(["/", "/index.html", "/index.html", "/missing"])
+        if shutil.which("curl"):
+            self.run(["curl", "-s", "-o", "/dev/null", "--max-time", "5", url], timeout=30)
+        else:
+            self.run([self.python, "-c", HTTP_CLIENT, url], timeout=30)
 
     def _service(self, rng):
         directory = self.cgroup("bg/system.slice/tapio-bg-cron.service")
