@@ -651,15 +651,21 @@ class NoisyHost:
         self.run(["bash", "-c", script], timeout=30, env=env)
 
     def _prompt(self, rng):
+        """Short scripts of the kind prompts, editors and hooks run (bash -c: each its own tree).
+        Taken in turn, so that each runs as often in a short run as in a long one; two of them
+        end non-zero, as such scripts do: their last command's status is the script's."""
         project, elsewhere = self.path("project"), self.path("not-a-repo")
-        script = rng.choice([
-            f'cd "{elsewhere}" && git rev-parse --git-dir >/dev/null 2>&1; echo "$PWD" >/dev/null',
+        scripts = [
+            f'cd "{elsewhere}" && git rev-parse --git-dir >/dev/null 2>&1',
             f'cd "{project}" && git diff --quiet; git status --porcelain >/dev/null',
             f'grep -q TODO "{project}/main.c"; grep -rn "no such symbol" "{project}" >/dev/null',
             'which definitely-not-installed >/dev/null 2>&1; test -e /nonexistent/file; true',
             f'cd "{project}" && git log --oneline -1 >/dev/null && git rev-parse --abbrev-ref HEAD >/dev/null',
-        ])
-        self.run(["bash", "-c", script], timeout=30)
+        ]
+        if not hasattr(self, "_prompt_turn"):
+            self._prompt_turn = rng.randrange(len(scripts))
+        self._prompt_turn += 1
+        self.run(["bash", "-c", scripts[self._prompt_turn % len(scripts)]], timeout=30)
 
     def _build(self, rng):
         if rng.random() < 0.6:
