@@ -210,6 +210,9 @@ def test_the_image_runs_the_collector_as_the_daemonset_does(collector_image, con
 
 def test_the_image_is_built_from_the_imported_base(collector_image):
     info = json.loads(podman("image", "inspect", collector_image).stdout)[0]
+    base = json.loads(podman("image", "inspect", base_image()).stdout)[0]
+    # the base's layer is the image's first: FROM the imported base, nothing pulled
+    assert info["RootFS"]["Layers"][:1] == base["RootFS"]["Layers"]
     assert info["Config"]["Entrypoint"] == ["/opt/tapio/current/bin/tapio-collector"]
     run = podman("run", "--rm", *LIMITS, collector_image, "--version", check=False)
     import tapio
