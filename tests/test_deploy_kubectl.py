@@ -11,6 +11,7 @@ only a real API server has (no copy of it ships with kubectl or the client); the
 done by tests/test_deploy_kubernetes.py against the client's models, field by field.
 """
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,13 +19,14 @@ from pathlib import Path
 
 import kubernetes.client as k8s
 import pytest
+import yaml
 
 from tests.fixtures.enrich.apiserver import FakeApiServer, write_kubeconfig
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
 README = ROOT / "README.md"
-REQUIRE_CONTAINERS = __import__("os").environ.get("TAPIO_REQUIRE_CONTAINERS") == "1"
+REQUIRE_CONTAINERS = os.environ.get("TAPIO_REQUIRE_CONTAINERS") == "1"
 
 _CREATE = re.compile(r"_create_(namespaced_)?(\w+)_serialize\(")
 _PATH = re.compile(r"method='POST',\s*resource_path='(/apis?/[^']+)'")
@@ -128,7 +130,6 @@ def dry_run(kubectl, directory):
 def kustomized(kubectl, directory):
     done = kubectl("kustomize", str(directory))
     assert done.returncode == 0, done.stderr
-    import yaml
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
 

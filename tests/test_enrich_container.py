@@ -4,9 +4,13 @@ The shapes come from the runtimes' own naming rules (kubelet's cgroup drivers, c
 plugin and its "slice:prefix:id" form, cri-o, docker, podman and quadlet, nerdctl, ctr) and from
 /proc/<pid>/cgroup lines seen on real hosts, including kind/k3d nodes and cgroup namespaces.
 """
+import json
+
 import pytest
 
 from tapio.collector.enrich.container import ContainerInfo, parse_cgroup_path, pod_uid_from_cgroup_name
+from tapio.collector.enrich.runtime_state import RuntimeState, podman_graphroot
+from tapio.v1 import events_pb2
 
 ID = "c7c603c79cd328588d937f1e05e0a465e7569183ed25fb1078af8a5f5f6e16cd"
 ID2 = "1a9ceef18aca9744e75ffabcb0ac25846db2289fb70d9463cc428ce216bfd3fb"
@@ -163,12 +167,6 @@ def test_pod_uid_from_cgroup_name(name, uid):
 # ---- names and images from the runtimes' state files ----------------------------------------------
 # The podman side runs against real containers in tests/test_podman_containers.py; docker does not
 # run here, so its file is written in the shape dockerd writes it.
-
-import json  # noqa: E402
-
-from tapio.collector.enrich.runtime_state import RuntimeState, podman_graphroot  # noqa: E402
-from tapio.v1 import events_pb2  # noqa: E402
-
 
 def podman_entry(cid, name, image):
     meta = {"image-name": image, "image-id": "ab" * 32, "name": name, "created-at": 1700000000}

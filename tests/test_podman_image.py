@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import tapio
 from tests.helpers import read_json_lines, require_ebpf, wait_until
 from tests.podman import LIMITS, Containers, base_image, podman, require_containers, unique_name
 
@@ -215,6 +216,5 @@ def test_the_image_is_built_from_the_imported_base(collector_image):
     assert info["RootFS"]["Layers"][:1] == base["RootFS"]["Layers"]
     assert info["Config"]["Entrypoint"] == ["/opt/tapio/current/bin/tapio-collector"]
     run = podman("run", "--rm", *LIMITS, collector_image, "--version", check=False)
-    import tapio
     assert run.returncode == 0 and tapio.__version__ in run.stdout + run.stderr, run.stderr
     assert os.path.exists(ROOT / "build" / "image" / "wheels")
