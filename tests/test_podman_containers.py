@@ -73,16 +73,7 @@ def test_every_event_of_a_busy_container_is_named(containers, collector_output):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, containers):
-    s = Stack(tmp_path_factory.mktemp("podman-oom"))
-    try:
-        s.start_server()
-        s.start_collector()
-    except BaseException:
-        s.stop()
-        raise
-    yield s
-    for proc, code in s.stop():
-        assert code == 0, proc.log()
+    yield from Stack.running(tmp_path_factory.mktemp("podman-oom"))
 
 
 GROW = "b = bytearray(256 << 20)"
