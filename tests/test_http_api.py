@@ -335,12 +335,12 @@ def _crash_loops(ingest):
     events = Events(collector="node-a", node="node-a")
     session = StreamSession("ipv4:10.0.0.7:50000")
     ingest.hello(session, "node-a", "node-a", "test")
-    for container, pod in ((CONTAINER_B, "payment-b"), ("c" * 64, "payment-c")):
+    for container, pod, uid in ((CONTAINER_B, "payment-b", "b" * 8), ("c" * 64, "payment-c", "c" * 8)):
         exits = []
         for i in range(6):
             events.at(1)
             exits.append(events.exit(1000 + i, 1, "payment-api", code=1, executable="/app/payment-api",
-                                     context=pod_context(container=container, pod_name=pod)))
+                                     context=pod_context(container=container, pod_name=pod, pod_uid=uid)))
         ingest.submit(session, events.batch(*exits))
         session.out.get(timeout=10)
 
