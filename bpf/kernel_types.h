@@ -162,6 +162,7 @@ struct in6_addr {
 } PRESERVE;
 
 struct sock_common {
+	unsigned long skc_flags; /* sk_flags: bits of enum sock_flags */
 	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
 	__be16 skc_dport;
@@ -177,9 +178,22 @@ struct sock {
 	__u16 sk_protocol;
 } PRESERVE;
 
+/* Relocated by name from the kernel's BTF. */
+enum sock_flags {
+	SOCK_DONE = 1,
+};
+
 struct tcp_sock {
 	__u64 bytes_received;
 	__u64 bytes_acked;
+	__u32 snd_una;
+	__u32 write_seq;
+} PRESERVE;
+
+/* inet_sport keeps the local port after inet_put_port() has zeroed skc_num (a socket moving
+ * to CLOSE is unhashed before inet_sock_set_state fires). */
+struct inet_sock {
+	__be16 inet_sport;
 } PRESERVE;
 
 struct socket {

@@ -79,11 +79,12 @@ struct tapio_tcp {
 	__u16 dport;         /* host order */
 	__u16 family;        /* AF_INET or AF_INET6 */
 	__u16 direction;     /* enum tapio_tcp_direction */
-	__s32 error;         /* connect: errno of a failed connect (ECONNREFUSED, ...), 0 on success */
+	__s32 error;         /* connect: errno of a failed connect (ECONNREFUSED, ...), 0 on success;
+			      * close: errno it ended with (ECONNRESET, ETIMEDOUT, ...), else 0 */
 	__u32 _pad;
 	__u64 duration_ns;   /* connect: handshake time; close: connect/accept to close */
-	__u64 bytes_sent;    /* close: bytes acked by the peer */
-	__u64 bytes_received;
+	__u64 bytes_sent;    /* close: payload bytes the peer acknowledged (no SYN, no FIN) */
+	__u64 bytes_received; /* close: payload bytes received in order (no FIN) */
 };
 
 /* The header describes the victim; the task that ran into the limit is the trigger. */

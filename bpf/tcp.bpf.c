@@ -16,13 +16,20 @@
 /* include/net/tcp_states.h */
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
+#define TCP_FIN_WAIT1 4
+#define TCP_FIN_WAIT2 5
 #define TCP_CLOSE 7
+#define TCP_LAST_ACK 9
+#define TCP_CLOSING 11
+
+/* the states in which our FIN has been queued: it is the last sequence number of write_seq */
+#define FIN_SENT_STATES ((1 << TCP_FIN_WAIT1) | (1 << TCP_FIN_WAIT2) | (1 << TCP_LAST_ACK) | \
+			 (1 << TCP_CLOSING))
 
 struct sock_owner {
 	struct tapio_header hdr; /* who connected or accepted; hdr.timestamp_ns is when */
 	__u32 direction;
-	__u16 sport;             /* by the time a socket closes, the kernel has released its port */
-	__u16 _pad;
+	__u32 _pad;
 };
 
 /* LRU: a socket whose close we never see (or that outlives the map's capacity) ages out. */
@@ -39,6 +46,8 @@ static __always_inline void read_addrs(struct tapio_tcp *e, const struct sock *s
 
 	e->family = family;
 	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (!e->sport) /* a closing socket has given its port back; a failed connect had one too */
+		e->sport = __builtin_bswap16(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
 	e->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
 	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
@@ -51,8 +60,41 @@ static __always_inline void read_addrs(struct tapio_tcp *e, const struct sock *s
 	}
 }
 
+/*
+ * Payload bytes of a connection that is closing (called as it leaves `oldstate`), from the
+ * RFC 4898 counters of struct tcp_sock:
+ * - bytes_acked sums the advances of snd_una: every byte the peer acknowledged once, however
+ *   often it was sent, but also the SYN (on the side that connected: the side that accepted
+ *   starts counting after it) and our FIN once it is acknowledged, i.e. when it was queued
+ *   (FIN_SENT_STATES) and snd_una has reached write_seq, which counts it.
+ * - bytes_received sums the advances of rcv_nxt: every byte received in order, once, but also
+ *   the peer's FIN. tcp_fin() sets SOCK_DONE, and only it does on a TCP socket.
+ * (tcp_sock.bytes_sent would count retransmitted copies; bytes_acked never does.) Checked against
+ * bpftrace on inet_sock_set_state and against what the applications wrote and read, for both
+ * closing orders, a reset and lost packets, in tests/test_kernel_events.py.
+ */
+static __always_inline void payload_bytes(const struct sock *sk, const struct sock_owner *owner,
+					  int oldstate, __u64 *sent, __u64 *received)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u64 acked = BPF_CORE_READ(tp, bytes_acked);
+	__u64 in_order = BPF_CORE_READ(tp, bytes_received);
+	unsigned long flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	__u64 not_payload = 0;
+
+	if (owner->direction == TAPIO_TCP_ACTIVE)
+		not_payload += 1; /* our SYN */
+	if (((1 << oldstate) & FIN_SENT_STATES) &&
+	    BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq))
+		not_payload += 1; /* our FIN */
+	*sent = acked > not_payload ? acked - not_payload : 0;
+	if (flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE)))
+		in_order = in_order ? in_order - 1 : 0; /* the peer's FIN */
+	*received = in_order;
+}
+
 static __always_inline void emit_tcp(const struct sock *sk, __u32 type, struct sock_owner *owner,
-				     __s32 error)
+				     __s32 error, int oldstate)
 {
 	struct tapio_tcp *e;
 	__u64 now;
@@ -67,17 +109,12 @@ static __always_inline void emit_tcp(const struct sock *sk, __u32 type, struct s
 	e->hdr.timestamp_ns = now;
 	e->hdr.type = type;
 	read_addrs(e, sk);
-	if (!e->sport)
-		e->sport = owner->sport;
 	e->direction = owner->direction;
 	e->error = error;
 	e->_pad = 0;
 	e->duration_ns = now - owner->hdr.timestamp_ns;
 	if (type == TAPIO_EVENT_TCP_CLOSE) {
-		const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-
-		e->bytes_sent = BPF_CORE_READ(tp, bytes_acked);
-		e->bytes_received = BPF_CORE_READ(tp, bytes_received);
+		payload_bytes(sk, owner, oldstate, &e->bytes_sent, &e->bytes_received);
 	} else {
 		e->bytes_sent = 0;
 		e->bytes_received = 0;
@@ -114,20 +151,22 @@ int BPF_PROG(tapio_tcp_state, const struct sock *sk, const int oldstate, const i
 		return 0;
 	if (oldstate == TCP_SYN_SENT) {
 		if (newstate == TCP_ESTABLISHED) {
-			emit_tcp(sk, TAPIO_EVENT_TCP_CONNECT, owner, 0);
+			emit_tcp(sk, TAPIO_EVENT_TCP_CONNECT, owner, 0, oldstate);
 			owner->hdr.timestamp_ns = bpf_ktime_get_boot_ns(); /* the connection's lifetime starts */
-			owner->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 		} else if (newstate == TCP_CLOSE) {
 			/* tcp_reset()/tcp_write_err() set sk_err before the socket moves to CLOSE */
 			__s32 err = BPF_CORE_READ(sk, sk_err);
 
-			emit_tcp(sk, TAPIO_EVENT_TCP_CONNECT, owner, err ? err : 103 /* ECONNABORTED */);
+			emit_tcp(sk, TAPIO_EVENT_TCP_CONNECT, owner, err ? err : 103 /* ECONNABORTED */,
+				 oldstate);
 			bpf_map_delete_elem(&sock_owners, &key);
 		}
 		return 0;
 	}
 	if (newstate == TCP_CLOSE) {
-		emit_tcp(sk, TAPIO_EVENT_TCP_CLOSE, owner, 0);
+		/* what the application sees: ECONNRESET when the peer reset it, ETIMEDOUT when
+		 * retransmissions gave up, 0 after an orderly close or when it aborted itself */
+		emit_tcp(sk, TAPIO_EVENT_TCP_CLOSE, owner, BPF_CORE_READ(sk, sk_err), oldstate);
 		bpf_map_delete_elem(&sock_owners, &key);
 	}
 	return 0;
@@ -157,10 +196,9 @@ static __always_inline int on_accept_exit(struct syscall_exit_record *rec)
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	fill_header_current(&o.hdr, TAPIO_EVENT_TCP_ACCEPT);
-	o.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	key = (__u64)sk;
 	bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);
-	emit_tcp(sk, TAPIO_EVENT_TCP_ACCEPT, &o, 0);
+	emit_tcp(sk, TAPIO_EVENT_TCP_ACCEPT, &o, 0, TCP_ESTABLISHED);
 	return 0;
 }
 

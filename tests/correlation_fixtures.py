@@ -89,12 +89,13 @@ class Events:
         e.signal.sender_comm = sender_comm or comm
         return e
 
-    def oom(self, pid, comm, limit=512 << 20, rss=500 << 20, memcg="payment", trigger_pid=None, **kw):
+    def oom(self, pid, comm, limit=512 << 20, rss=500 << 20, memcg="payment", trigger_pid=None,
+            memcg_id=4242, **kw):
         e = self._event(events_pb2.EVENT_TYPE_OOM_KILL, pid, comm, **kw)
         o = e.oom_kill
         o.trigger_pid = trigger_pid or pid
         o.trigger_comm = comm
-        o.memcg_id = 4242
+        o.memcg_id = memcg_id
         o.memcg_name = memcg
         o.memcg_limit_bytes = limit
         o.memcg_usage_bytes = limit

@@ -10,6 +10,7 @@ from tapio._fast.correlate import Correlator, match_records
 from tapio.flags import ConfigError
 from tapio.server.correlation import CorrelationConfig, CorrelationEngine, load_config
 from tapio.server.correlation.config import from_dict
+from tapio.v1 import events_pb2
 from tests.correlation_fixtures import CONTAINER, POD_UID, SEC, Events, FakeMonotonic, State, pod_context
 
 
@@ -70,11 +71,61 @@ def test_a_shell_and_three_children_is_one_tree_nested_as_they_ran():
     assert grep["exit_code"] == 1 and grep["state"] == "exited"
     assert grep["end_ns"] - grep["start_ns"] == int(0.2 * SEC)
     assert grep["executable"] == "/usr/bin/grep"
-    assert tree["severity"] == "warning" and "grep (pid 502) exit code 1" == tree["root_cause"]
+    assert tree["severity"] == "info" and "grep (pid 502) exit code 1" == tree["root_cause"]
     assert tree["attributes"]["process_count"] == 4
     assert len(tree["event_ids"]) == 8 and tree["attributes"]["events_total"] == 8
     assert tree["start_ns"] == processes[0]["start_ns"] and tree["end_ns"] == processes[0]["end_ns"]
     assert "and 3 descendant(s)" in tree["summary"]
+
+
+def shim(h, pid, root_code=0, child=("readlink", 1), child2=("grep", 1), sig=0, core=False):
+    """A pyenv-style shim: sh, its readlink and grep children, then the real program."""
+    ev = h.ev
+    h.feed(ev.exec(pid, 1, "python3", filename="/root/.pyenv/shims/python3"))
+    for n, (comm, code) in enumerate((child, child2)):
+        h.feed(ev.exec(pid + 1 + n, pid, comm))
+        ev.at(0.01)
+        e = ev.exit(pid + 1 + n, pid, comm, code=code, signal=sig if n == 1 else 0)
+        e.exit.core_dumped = core and n == 1
+        h.feed(e)
+    ev.at(0.01)
+    h.feed(ev.exit(pid, 1, "python3", code=root_code))
+    ev.at(1)
+
+
+def test_routine_non_zero_exits_of_shell_tools_are_no_warning():
+    h = Harness()
+    for n in range(30):
+        shim(h, 20000 + 10 * n)
+    h.tick(5)
+    trees = h.closed("process_tree")
+    assert len(trees) == 30 and all(t["attributes"]["failed"] == 2 for t in trees)
+    assert [t for t in h.emitted if t[0]["severity"] != "info"] == []
+
+
+def test_a_tree_where_a_process_crashed_is_a_warning():
+    h = Harness()
+    shim(h, 21000, child2=("app", 0), sig=signal.SIGSEGV, core=True)
+    shim(h, 21100, child2=("worker", 0), sig=signal.SIGKILL)
+    shim(h, 21200, child2=("sleep", 0), sig=signal.SIGTERM)      # stopped: routine
+    h.tick(5)
+    by_root = {t["attributes"]["pid"]: t for t in h.closed("process_tree")}
+    assert by_root[21000]["severity"] == "warning"
+    assert by_root[21000]["root_cause"] == "app (pid 21002) killed by SIGSEGV (core dumped)"
+    assert by_root[21100]["severity"] == "warning"
+    assert by_root[21200]["severity"] == "info"
+
+
+def test_a_tree_whose_root_keeps_failing_is_a_warning():
+    h = Harness()
+    for n in range(3):
+        shim(h, 22000 + 10 * n, root_code=2)
+        h.tick(5)
+    first, second, third = h.closed("process_tree")
+    assert first["severity"] == second["severity"] == "info"
+    assert third["severity"] == "warning"
+    assert third["attributes"]["root_failures"] == 3
+    assert "failed 3 times in" in third["root_cause"]
 
 
 def test_small_trees_without_failures_are_not_groups():
@@ -353,6 +404,109 @@ def test_repeated_oom_kills_are_counted_in_the_summary():
     last = h.closed("oom_kill")[-1]
     assert last["attributes"]["kills_in_history"] == 3
     assert "OOM-killed 3 times in 2.0 min" in last["summary"]
+
+
+def cgroup(path, unit=""):
+    """The context of a process outside any container: its cgroup v2 path (and unit)."""
+    return events_pb2.Context(cgroup_path=path, systemd_unit=unit)
+
+
+def test_an_oom_kill_outside_any_container_claims_nothing_of_the_root_cgroup():
+    """A process OOM-killed in a cgroup-v1 memory child lives in the root cgroup of v2: the
+    unrelated processes there that exit right after are not its followers."""
+    h = Harness()
+    ev = h.ev
+    root = cgroup("/")
+    h.feed(ev.oom(6200, "python3", memcg="tapio-test-1", cgroup_id=1, context=root),
+           ev.exit(6200, 6199, "python3", signal=9, cgroup_id=1, context=root))
+    ev.at(0.2)
+    h.feed(*[ev.exit(6300 + n, 1, "sleep", cgroup_id=1, context=root) for n in range(20)])
+    h.tick(6)
+    [group] = h.closed("oom_kill")
+    a = group["attributes"]
+    assert a["followers"] == 0 and a["pids"] == [6200] and len(a["processes"]) == 1
+    assert "more process" not in group["summary"]
+    assert h.engine.stats()["collectors"]["node-a"]["hot_events"] == 2, \
+        "the root cgroup is not watched: its routine exits stay in C"
+
+
+@pytest.mark.parametrize("path", ["/user.slice", "/system.slice", "/init.scope", "/kubepods.slice"])
+def test_an_oom_kill_claims_nothing_of_a_shared_slice(path):
+    h = Harness()
+    ev = h.ev
+    h.feed(ev.oom(6210, "java", memcg=path.rsplit("/", 1)[-1], memcg_id=55, cgroup_id=55,
+                  context=cgroup(path)))
+    ev.at(0.1)
+    h.feed(*[ev.exit(6220 + n, 1, "bash", cgroup_id=55, context=cgroup(path)) for n in range(5)])
+    h.tick(6)
+    [group] = h.closed("oom_kill")
+    assert group["attributes"]["followers"] == 0 and group["attributes"]["pids"] == [6210]
+
+
+def test_an_oom_kill_in_a_service_cgroup_claims_the_service_processes():
+    """cgroup v2: the memory cgroup is the victim's own cgroup (the same id), a unit's."""
+    h = Harness()
+    ev = h.ev
+    unit = cgroup("/system.slice/payment.service", "payment.service")
+    h.feed(ev.exec(6230, 1, "payment", cgroup_id=90, context=unit))
+    h.feed(ev.exec(6231, 6230, "worker", cgroup_id=90, context=unit))
+    ev.at(1)
+    h.feed(ev.oom(6231, "worker", memcg="payment.service", memcg_id=90, cgroup_id=90, context=unit,
+                  ppid=6230),
+           ev.exit(6231, 6230, "worker", signal=9, cgroup_id=90, context=unit))
+    ev.at(0.1)
+    h.feed(ev.exit(6230, 1, "payment", code=0, cgroup_id=90, context=unit),
+           ev.exit(6240, 1, "bash", code=0, cgroup_id=1, context=cgroup("/")))
+    h.tick(6)
+    [group] = h.closed("oom_kill")
+    a = group["attributes"]
+    assert a["pids"] == [6231, 6230] and a["followers"] == 1
+    assert a["victim_role"] == "worker"
+    assert "a worker of unit payment.service" in group["summary"]
+    assert "1 more process(es) of unit payment.service exited right after" in group["summary"]
+
+
+@pytest.mark.parametrize("path,memcg,followers", [
+    ("/system.slice/payment.service", "payment.service", 1),
+    ("/system.slice/" + "x" * 70 + ".service", "x" * 63, 1),   # a long name, cut by the kernel side
+    ("/system.slice/payment.service", "tapio-test-7", 0),      # equal ids of two hierarchies
+])
+def test_a_cgroup_is_the_memory_cgroup_only_when_the_names_agree(path, memcg, followers):
+    h = Harness()
+    ev = h.ev
+    h.feed(ev.oom(6270, "payment", memcg=memcg, memcg_id=91, cgroup_id=91, context=cgroup(path)))
+    ev.at(0.1)
+    h.feed(ev.exit(6271, 1, "helper", cgroup_id=91, context=cgroup(path)))
+    h.tick(6)
+    [group] = h.closed("oom_kill")
+    assert group["attributes"]["followers"] == followers
+
+
+def test_an_oom_victim_whose_parent_is_outside_its_container_is_its_main_process():
+    h = Harness()
+    ev = h.ev
+    ctx = pod_context()
+    h.feed(ev.exec(6250, 1, "containerd-shim", cgroup_id=10, context=cgroup("/system.slice/containerd.service")))
+    h.feed(ev.exec(6251, 6250, "payment", cgroup_id=77, context=ctx))
+    h.feed(ev.exec(6252, 6251, "payment", cgroup_id=77, context=ctx))
+    ev.at(1)
+    h.feed(ev.oom(6251, "payment", cgroup_id=77, context=ctx, ppid=6250))
+    h.feed(ev.oom(6252, "payment", cgroup_id=77, context=ctx, ppid=6251))
+    h.tick(6)
+    main, worker = h.closed("oom_kill")
+    assert main["attributes"]["victim_role"] == "main"
+    assert "the main process of its container" in main["summary"]
+    assert worker["attributes"]["victim_role"] == "worker"
+    assert "a worker of its container (parent payment, pid 6251)" in worker["summary"]
+
+
+def test_an_oom_victim_of_unknown_descent_says_so():
+    h = Harness()
+    h.feed(h.ev.oom(6260, "python3", memcg="tapio-test-2", cgroup_id=1, context=cgroup("/"), ppid=6259))
+    h.tick(6)
+    [group] = h.closed("oom_kill")
+    assert group["attributes"]["victim_role"] == "unknown"
+    assert "main process" not in group["summary"] and "worker" not in group["summary"]
 
 
 # ---- connectivity ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 
 import grpc
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.kernel
 CONFIG = """
 [process_tree]
 grace = "1s"
+max_groups_per_minute = 100000     # the host's other activity must not crowd the tests' trees out
 [crash_loop]
 window = "30s"
 close_after = "3s"
@@ -183,6 +185,71 @@ def test_an_oom_kill_is_a_group_and_a_trace_with_the_victim(stack, memory_cgroup
     assert span["end_ns"] > span["start_ns"]
 
 
+def oom_in(memory_cgroup, v2_procs=None, *, worker=False):
+    """A shell started here (so the collector sees its exec) runs a python that allocates past
+    the 32 MiB limit of `memory_cgroup` (v1) and is OOM-killed. Also in the v2 cgroup whose
+    cgroup.procs is `v2_procs`, when given. The victim is the main process of its cgroup: its
+    parent stays outside; with `worker`, the shell moves in first and execs the shell that forks
+    the victim, so the victim's parent is in the cgroup with it. Returns the launcher's pid."""
+    alloc = f'"{sys.executable}" -c "b = bytearray(256 << 20)"'
+    move = f"echo $$ > {memory_cgroup}/cgroup.procs" + (f" && echo $$ > {v2_procs}" if v2_procs else "")
+    if worker:
+        script = f"{move} && exec sh -c '{alloc}; exit 0'"
+    else:
+        script = f"sh -c '{move} && exec {alloc}'; exit 0"
+    launcher = subprocess.Popen(["sh", "-c", script])
+    assert launcher.wait(60) == 0
+    return launcher.pid
+
+
+def test_an_oom_kill_outside_any_container_names_only_its_victim(stack, memory_cgroup):
+    """cgroup v1 memory child, v2 root cgroup: 20 unrelated processes of the root cgroup that
+    exit right after the kill are none of the group's business."""
+    sleepers = [subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+                for _ in range(20)]
+    try:
+        oom_in(memory_cgroup)
+    finally:
+        for s in sleepers:
+            s.stdin.close()
+        codes = [s.wait(10) for s in sleepers]
+    assert codes == [0] * 20
+    name = os.path.basename(memory_cgroup)
+    group = stack.wait_group("oom_kill", lambda g: g["attributes"].get("memcg_name") == name
+                             and g["status"] == "closed", "the closed OOM group")
+    a = group["attributes"]
+    assert a["followers"] == 0 and len(a["pids"]) == 1 and len(a["processes"]) == 1, a["pids"]
+    assert not {s.pid for s in sleepers} & set(a["pids"])
+    assert "more process" not in group["summary"]
+
+
+OOM_CONTAINER_ID = uuid.uuid4().hex + uuid.uuid4().hex
+OOM_CONTAINER_PATH = ("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/"
+                      "cri-containerd-{c}.scope").format(u=str(uuid.uuid4()).replace("-", "_"),
+                                                         c=OOM_CONTAINER_ID)
+
+
+@pytest.mark.parametrize("worker", [False, True], ids=["main", "worker"])
+def test_an_oom_victim_is_its_containers_main_process_or_a_worker(stack, memory_cgroup, worker):
+    tree = CgroupTree(require_cgroup_root())
+    try:
+        tree.mkdir(OOM_CONTAINER_PATH)
+        launcher = oom_in(memory_cgroup, os.path.join(tree.directory(OOM_CONTAINER_PATH), "cgroup.procs"),
+                          worker=worker)
+    finally:
+        tree.cleanup()
+    group = stack.wait_group("oom_kill", lambda g: g["attributes"].get("container_id") == OOM_CONTAINER_ID
+                             and g["status"] == "closed" and g["attributes"].get("ppid") == launcher,
+                             "the closed OOM group of the container")
+    a = group["attributes"]
+    if worker:
+        assert a["victim_role"] == "worker" and "a worker of its container" in group["summary"]
+        assert a["pids"][1:] == [launcher] and a["followers"] == 1    # the shell, right after
+    else:
+        assert a["victim_role"] == "main" and "the main process of its container" in group["summary"]
+        assert a["followers"] == 0
+
+
 # ---- connectivity ---------------------------------------------------------------------------------
 
 def test_twenty_connects_to_a_closed_port_are_one_connectivity_group(stack):
@@ -243,6 +310,36 @@ def test_a_shell_with_three_children_is_one_trace_nested_as_they_ran(stack):
     assert sleep["end_ns"] - sleep["start_ns"] >= 150_000_000
     ordered = sorted(kids, key=lambda s: s["start_ns"])
     assert [s["attributes"]["process.executable.path"] for s in ordered] == ["/bin/true", "/bin/sleep", "/bin/false"]
+
+
+SHIM = """#!/bin/sh
+# a pyenv-style shim: looks for a version file and a link, finds neither (exit 1 twice), runs on
+readlink /nonexistent-tapio-shim-$$ > /dev/null
+grep -q tapio-shim-version /dev/null
+exec true
+"""
+
+
+def test_shell_tools_that_exit_1_in_a_shim_raise_no_warning(stack, tmp_path):
+    shim = tmp_path / "python3"
+    shim.write_text(SHIM)
+    shim.chmod(0o755)
+    started = time.time_ns()
+    pids = set()
+    for _ in range(30):
+        run = subprocess.Popen([str(shim)])
+        assert run.wait(30) == 0
+        pids.add(run.pid)
+
+    def ours():
+        return [g for g in stack.groups() if g["end_ns"] >= started
+                and (g["attributes"].get("pid") in pids
+                     or any(p.get("ppid") in pids for p in g["attributes"].get("processes") or ()))]
+    trees = wait_until(lambda: len([g for g in ours() if g["kind"] == "process_tree"]) >= 30 and ours(),
+                       30, interval=0.2, what="the 30 process trees of the shim")
+    assert all(g["attributes"]["failed"] == 2 for g in trees if g["kind"] == "process_tree")
+    loud = [(g["kind"], g["severity"], g["summary"]) for g in ours() if g["severity"] != "info"]
+    assert loud == []
 
 
 # ---- Subscribe, and a restart ----------------------------------------------------------------------

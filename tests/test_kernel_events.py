@@ -3,9 +3,13 @@
 Each test makes the kernel do something (exec, exit, fault, connect, accept, OOM) in a child
 process and finds exactly that in the collector's JSON lines, by pid.
 """
+import contextlib
+import ctypes
 import os
+import platform
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -14,6 +18,7 @@ import uuid
 
 import pytest
 
+from tests.fixtures.enrich.cgroups import CgroupTree, require_cgroup_root
 from tests.helpers import BIN, CollectorProcess, require_ebpf, wait_until
 
 pytestmark = pytest.mark.kernel
@@ -94,6 +99,7 @@ def test_connect_refused(collector, family, host, fam):
     with socket.socket(family) as s:
         with pytest.raises(ConnectionRefusedError):
             s.connect((host, port))
+        client_port = s.getsockname()[1]    # the kernel keeps it in inet_sport
     event = collector.wait_for(lambda e: e["type"] == "tcp_connect" and e["pid"] == os.getpid()
                                and e["tcp_connect"]["dport"] == port, what="the refused connect")[0]
     tcp = event["tcp_connect"]
@@ -101,6 +107,7 @@ def test_connect_refused(collector, family, host, fam):
     assert tcp["error"] == 111
     assert tcp["family"] == fam
     assert tcp["daddr"] == host
+    assert tcp["sport"] == client_port
 
 
 def test_connect_accept_close_with_byte_counts(collector):
@@ -155,10 +162,250 @@ def test_connect_accept_close_with_byte_counts(collector):
               and {e["tcp_close"]["sport"], e["tcp_close"]["dport"]} == {port, client_port}]
     client_close = next(e for e in closes if e["pid"] == connect["pid"])
     server_close = next(e for e in closes if e["pid"] == me)
-    assert client_close["tcp_close"]["bytes_sent"] >= payload
-    assert server_close["tcp_close"]["bytes_received"] >= payload
+    assert client_close["tcp_close"]["bytes_sent"] == payload
+    assert client_close["tcp_close"]["bytes_received"] == 0
+    assert server_close["tcp_close"]["bytes_received"] == payload
+    assert server_close["tcp_close"]["bytes_sent"] == 0
     assert server_close["tcp_close"]["passive"] is True
     assert client_close["tcp_close"]["duration_ns"] > 0
+
+
+def tcp_bytes_acked(sock):
+    """tcpi_bytes_acked of struct tcp_info (linux/tcp.h): what the peer has acknowledged, SYN
+    included on the side that connected."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
+    return struct.unpack_from("Q", info, 120)[0]
+
+
+def recv_exactly(sock, n):
+    got = 0
+    while got < n:
+        chunk = sock.recv(min(65536, n - got))
+        assert chunk, f"the peer closed after {got} of {n} bytes"
+        got += len(chunk)
+
+
+def loopback_exchange(client_sends, server_sends, ending, host="127.0.0.1"):
+    """One connection on `host`: the client writes `client_sends` bytes, the server reads them
+    and answers `server_sends` bytes; then the client closes first, the server closes first, or
+    the server resets the connection (SO_LINGER 0) once each side's bytes are acknowledged.
+    Returns (client port, server port, the errno the client's last read saw)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server = socket.create_server((host, 0), family=family)
+    port = server.getsockname()[1]
+    client_acked = threading.Event()
+    failures = []
+
+    def serve():
+        try:
+            conn, _ = server.accept()
+            with conn:
+                recv_exactly(conn, client_sends)
+                conn.sendall(b"s" * server_sends)
+                if ending == "client closes":
+                    while conn.recv(65536):
+                        pass
+                elif ending == "reset":
+                    wait_until(lambda: tcp_bytes_acked(conn) == server_sends, what="the client's ACK")
+                    assert client_acked.wait(10)
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except BaseException as e:
+            failures.append(e)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    error = 0
+    try:
+        with socket.create_connection((host, port)) as client:
+            client_port = client.getsockname()[1]
+            client.sendall(b"c" * client_sends)
+            recv_exactly(client, server_sends)
+            if ending == "reset":
+                wait_until(lambda: tcp_bytes_acked(client) == client_sends + 1, what="the server's ACK")
+                client_acked.set()
+            if ending != "client closes":
+                try:
+                    assert client.recv(1) == b""
+                except ConnectionResetError as e:
+                    error = e.errno
+    finally:
+        client_acked.set()
+        t.join(10)
+        server.close()
+    assert not failures, failures
+    return client_port, port, error
+
+
+@pytest.mark.parametrize("client_sends,server_sends,ending,host", [
+    (1000, 2000, "client closes", "127.0.0.1"),
+    (3000, 0, "server closes", "127.0.0.1"),
+    (0, 0, "client closes", "127.0.0.1"),
+    (0, 0, "server closes", "127.0.0.1"),
+    (200_000, 100_001, "client closes", "127.0.0.1"),
+    (5000, 7, "reset", "127.0.0.1"),
+    (1000, 2000, "client closes", "::1"),
+    (5000, 7, "reset", "::1"),
+])
+def test_close_reports_payload_bytes(collector, client_sends, server_sends, ending, host):
+    # the kernel counts the SYN and the FINs in snd_una/rcv_nxt (and so in bytes_acked and
+    # bytes_received); what the applications wrote and read is the truth
+    client_port, server_port, error = loopback_exchange(client_sends, server_sends, ending, host)
+    assert error == (104 if ending == "reset" else 0)
+    pair = {client_port, server_port}
+
+    def closes():
+        return [e for e in collector.events() if e["type"] == "tcp_close"
+                and {e["tcp_close"]["sport"], e["tcp_close"]["dport"]} == pair]
+    wait_until(lambda: len(closes()) == 2, what="both closes")
+    client = next(e["tcp_close"] for e in closes() if not e["tcp_close"]["passive"])
+    server = next(e["tcp_close"] for e in closes() if e["tcp_close"]["passive"])
+    assert (client["sport"], client["dport"]) == (client_port, server_port)
+    assert client["saddr"] == client["daddr"] == server["saddr"] == server["daddr"] == host
+    assert (client["bytes_sent"], client["bytes_received"]) == (client_sends, server_sends)
+    assert (server["bytes_sent"], server["bytes_received"]) == (server_sends, client_sends)
+    # the side that was reset says so; the side that reset it ended the connection itself
+    assert client["error"] == error
+    assert server["error"] == 0
+
+
+BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_PROG_ATTACH, BPF_PROG_DETACH = 0, 5, 8, 9
+BPF_MAP_TYPE_ARRAY, BPF_PROG_TYPE_CGROUP_SKB, BPF_CGROUP_INET_INGRESS = 2, 8, 0
+
+
+def bpf(cmd, attr):
+    """The bpf(2) system call with a union bpf_attr of `attr` bytes (zero-padded)."""
+    nr = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+    if nr is None:
+        pytest.skip(f"no bpf(2) syscall number known here for {platform.machine()}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(attr, 128)
+    ret = libc.syscall(nr, cmd, buf, len(buf))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def insn(code, dst=0, src=0, off=0, imm=0):
+    """One struct bpf_insn."""
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def lossy_program(counter, one_in):
+    """cgroup_skb/ingress: drop the first of every `one_in` received packets of 1000 bytes or
+    more (data, never a bare ACK), counted in the array map `counter`; keep the rest."""
+    return b"".join([
+        insn(0xbf, dst=6, src=1),                 # r6 = ctx
+        insn(0x61, dst=2, src=6, off=0),          # r2 = skb->len
+        insn(0xa5, dst=2, off=14, imm=1000),      # if r2 < 1000 goto keep
+        insn(0x62, dst=10, off=-4, imm=0),        # *(u32 *)(r10 - 4) = 0: the key
+        insn(0xbf, dst=2, src=10),                # r2 = r10
+        insn(0x07, dst=2, imm=-4),                # r2 += -4
+        insn(0x18, dst=1, src=1, imm=counter),    # r1 = the map (BPF_PSEUDO_MAP_FD) ...
+        insn(0x00),                               # ... its upper half
+        insn(0x85, imm=1),                        # r0 = bpf_map_lookup_elem(r1, r2)
+        insn(0x15, dst=0, off=7, imm=0),          # if r0 == 0 goto keep
+        insn(0x79, dst=1, src=0),                 # r1 = *(u64 *)r0
+        insn(0x07, dst=1, imm=1),                 # r1 += 1
+        insn(0x7b, dst=0, src=1),                 # *(u64 *)r0 = r1
+        insn(0x57, dst=1, imm=one_in - 1),        # r1 &= one_in - 1
+        insn(0x55, dst=1, off=2, imm=1),          # if r1 != 1 goto keep
+        insn(0xb7, dst=0, imm=0), insn(0x95),     # return 0: drop
+        insn(0xb7, dst=0, imm=1), insn(0x95),     # keep: return 1
+    ])
+
+
+@contextlib.contextmanager
+def lossy_cgroup(one_in):
+    """A cgroup v2 whose sockets lose one in `one_in` received data packets, the first one
+    included, as if the network had lost them: their senders retransmit. Yields its directory."""
+    counter = bpf(BPF_MAP_CREATE, struct.pack("<IIII", BPF_MAP_TYPE_ARRAY, 4, 8, 1))
+    try:
+        program = lossy_program(counter, one_in)
+        insns, license_ = ctypes.create_string_buffer(program, len(program)), ctypes.create_string_buffer(b"GPL")
+        prog = bpf(BPF_PROG_LOAD, struct.pack(
+            "<IIQQIIQII16sII", BPF_PROG_TYPE_CGROUP_SKB, len(program) // 8, ctypes.addressof(insns),
+            ctypes.addressof(license_), 0, 0, 0, 0, 0, b"tapio_test_loss", 0, BPF_CGROUP_INET_INGRESS))
+    finally:
+        os.close(counter)           # the program holds the map
+    tree = CgroupTree(require_cgroup_root())
+    try:
+        tree.mkdir("lossy")
+        cgroup = os.open(tree.directory("lossy"), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            bpf(BPF_PROG_ATTACH, struct.pack("<IIII", cgroup, prog, BPF_CGROUP_INET_INGRESS, 0))
+            try:
+                yield tree.directory("lossy")
+            finally:
+                bpf(BPF_PROG_DETACH, struct.pack("<IIII", cgroup, prog, BPF_CGROUP_INET_INGRESS, 0))
+        finally:
+            os.close(cgroup)
+    finally:
+        os.close(prog)
+        tree.cleanup()
+
+
+TCP_INFO_BYTES_RETRANS = 208    # tcpi_bytes_retrans
+
+
+def test_close_counts_retransmitted_bytes_once(collector):
+    # The client runs in a cgroup that loses 1 in 8 of the data packets it receives, so the
+    # server retransmits them (the kernel's tcp_sock.bytes_sent counts every copy).
+    client_sends, server_sends = 100_000, 300_000
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    retransmitted, failures = [], []
+
+    def serve():
+        try:
+            conn, _ = server.accept()
+            with conn:
+                recv_exactly(conn, client_sends)
+                conn.sendall(b"s" * server_sends)
+                while conn.recv(65536):
+                    pass
+                info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES_RETRANS + 8)
+                retransmitted.append(struct.unpack_from("Q", info, TCP_INFO_BYTES_RETRANS)[0])
+        except BaseException as e:
+            failures.append(e)
+
+    client = textwrap.dedent(f"""
+        import socket
+        s = socket.create_connection(("127.0.0.1", {port}))
+        s.sendall(b"c" * {client_sends})
+        got = 0
+        while got < {server_sends}:
+            chunk = s.recv(65536)
+            assert chunk
+            got += len(chunk)
+        print(s.getsockname()[1])
+        s.close()
+    """)
+    with server, lossy_cgroup(8) as cgroup:
+        t = threading.Thread(target=serve)
+        t.start()
+        try:
+            # the shell moves itself into the cgroup, then becomes the client
+            child = subprocess.run(["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$0" -c "$1"',
+                                    sys.executable, client], capture_output=True, text=True, timeout=120)
+        finally:
+            t.join(10)
+            if t.is_alive():
+                server.shutdown(socket.SHUT_RDWR)   # wakes an accept() no client came to
+                t.join(10)
+    assert child.returncode == 0 and not failures, (child.stderr, failures)
+    assert retransmitted and retransmitted[0] > 0, "nothing was retransmitted: the test proves nothing"
+    client_port = int(child.stdout)
+    pair = {client_port, port}
+
+    def closes():
+        return [e for e in collector.events() if e["type"] == "tcp_close"
+                and {e["tcp_close"]["sport"], e["tcp_close"]["dport"]} == pair]
+    wait_until(lambda: len(closes()) == 2, what="both closes")
+    client_close = next(e["tcp_close"] for e in closes() if not e["tcp_close"]["passive"])
+    server_close = next(e["tcp_close"] for e in closes() if e["tcp_close"]["passive"])
+    assert (client_close["bytes_sent"], client_close["bytes_received"]) == (client_sends, server_sends)
+    assert (server_close["bytes_sent"], server_close["bytes_received"]) == (server_sends, client_sends)
 
 
 def test_oom_kill(collector, memory_cgroup):

@@ -55,7 +55,8 @@ def test_a_process_tree_is_a_trace_nested_as_the_processes_ran(exporter, receive
     assert root["parent_span_id"] == "" and root["trace_id"] == group["id"]
     assert root["attributes"]["tapio.group.id"] == group["id"]
     assert root["attributes"]["tapio.intent"] == "process_lifecycle"
-    assert root["attributes"]["tapio.severity"] == "warning"
+    assert root["attributes"]["tapio.severity"] == "info"      # a non-zero exit in a tree is routine
+    assert root["attributes"]["tapio.group.incomplete"] is False
     assert root["resource"]["service.name"] == "tapio"
     sh, bash, sleep, false = (by_name[f"process {c}"] for c in ("sh", "bash", "sleep", "false"))
     assert sh["parent_span_id"] == root["span_id"]
@@ -162,3 +163,17 @@ def test_export_specs():
     assert TraceExporter("none").healthy() == (True, "trace export is off")
     with pytest.raises(ValueError, match="not a trace exporter"):
         parse_spec("zipkin")
+
+
+def test_a_group_over_a_gap_in_its_collectors_events_says_it_is_incomplete(exporter, receiver):
+    h = Harness()
+    ev = h.ev
+    for n in range(5):
+        h.feed(ev.exit(600 + n, 1, "payment", code=1, context=pod_context(), executable="/app/payment"))
+        ev.at(1)
+    h.engine.mark_gap("node-a", ev.now - 3 * SEC, ev.now - 2 * SEC, "sequence gap 3-4")
+    h.tick(400)
+    [group] = h.closed("crash_loop")
+    spans = export_and_wait(exporter, receiver, group, 6)
+    root = next(s for s in spans if s["name"] == "semantic.service_reliability_incident")
+    assert root["attributes"]["tapio.group.incomplete"] is True

@@ -142,7 +142,7 @@ def test_sdist_carries_the_generated_c_the_bpf_object_and_the_wire_modules(sdist
 def _build_output(rel):
     """This machine's build outputs and the Cython sources: what the sdist must not carry."""
     name = rel.rsplit("/", 1)[-1]
-    return ("__pycache__" in rel.split("/") or name.endswith((".so", ".pyc", ".pyx"))
+    return ("__pycache__" in rel.split("/") or name.endswith((".so", ".pyc", ".pyx", ".pxi"))
             or rel.startswith("tapio/_fast/") and name.endswith(".html"))
 
 

@@ -120,6 +120,9 @@ def test_list_get_and_events(server, store):
         full = stub.GetGroup(query_pb2.GetGroupRequest(id=f"{3:032x}"), timeout=10)
         assert group_dict(full)["attributes"]["pid"] == 103
         assert group_dict(full)["events"] == [{"id": "ebpf-3", "type": "exit", "pid": 103}]
+        assert group_dict(full)["incomplete"] is False
+        store.put_group(dict(group(3), incomplete=True))
+        assert group_dict(stub.GetGroup(query_pb2.GetGroupRequest(id=f"{3:032x}"), timeout=10))["incomplete"]
         with pytest.raises(grpc.RpcError) as e:
             stub.GetGroup(query_pb2.GetGroupRequest(id="nope"), timeout=10)
         assert e.value.code() == grpc.StatusCode.NOT_FOUND

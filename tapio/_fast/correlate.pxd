@@ -1,6 +1,7 @@
 # The correlation engine's hot state, per collector (node), in C: the process table with its
-# trees, and the connection-failure table. tapio/_fast/correlate.pyx keeps it; the Python engine
-# (tapio/server/correlation/engine.py) only hears of what may become a group.
+# trees (correlate_procs.pxi), and the connection-failure table (correlate_conns.pxi), both owned
+# by correlate.pyx's Correlator; the Python rules (tapio/server/correlation/rules/) only hear of
+# what may become a group.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
 from tapio._fast.hashmap cimport u64map
 

@@ -191,7 +191,7 @@ def group_dict(m):
         "summary": m.summary, "root_cause": m.root_cause, "collector_id": m.collector_id,
         "node": m.node, "trace_id": m.trace_id, "event_ids": list(m.event_ids),
         "attributes": json.loads(m.attributes_json) if m.attributes_json else {},
-        "status": m.status,
+        "status": m.status, "incomplete": m.incomplete,
     }
     if m.events_json:
         group["events"] = json.loads(m.events_json)

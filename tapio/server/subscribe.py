@@ -50,7 +50,7 @@ def group_message(g, with_events=False):
         collector_id=g.get("collector_id", ""), node=g.get("node", ""),
         trace_id=g.get("trace_id", ""), event_ids=g.get("event_ids") or [],
         attributes_json=json.dumps(g.get("attributes") or {}, separators=(",", ":"), default=str),
-        status=g.get("status", ""))
+        status=g.get("status", ""), incomplete=bool(g.get("incomplete")))
     if with_events:
         m.events_json = json.dumps(g.get("events") or [], separators=(",", ":"), default=str)
     return m

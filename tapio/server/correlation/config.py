@@ -13,6 +13,8 @@ not silently keep a default). docs/correlation.md describes each rule; the defau
     max_processes = 512        # processes recorded per tree (the rest are counted)
     split_on_cgroup = true     # a process in another cgroup than its parent starts its own tree
     max_groups_per_minute = 60 # per collector; the excess is counted, not stored
+    root_failures = 3          # a tree is a warning when its root's executable failed this often
+    root_failure_window = "10m"   # ... in trees within this window (one failure is routine)
 
     [crash_loop]
     enabled = true
@@ -47,6 +49,8 @@ not silently keep a default). docs/correlation.md describes each rule; the defau
     recent_events = 50000      # events kept (by batch) so that groups can show them in full
     max_group_events = 200     # events kept in full per group (all are counted, ids up to 1000)
     tick = "250ms"             # how often time-based closes are checked
+    keep_closed = "5m"         # closed groups kept this long, to be marked incomplete by a gap
+    max_closed_kept = 1000     # ... and at most this many
 """
 import dataclasses
 import signal
@@ -66,6 +70,8 @@ class ProcessTreeConfig:
     max_processes: int = 512
     split_on_cgroup: bool = True
     max_groups_per_minute: int = 60
+    root_failures: int = 3
+    root_failure_window: float = 600.0
 
 
 @dataclasses.dataclass
@@ -109,6 +115,8 @@ class LimitsConfig:
     recent_events: int = 50000
     max_group_events: int = 200
     tick: float = 0.25
+    keep_closed: float = 300.0
+    max_closed_kept: int = 1000
 
 
 @dataclasses.dataclass
@@ -152,9 +160,10 @@ def _duration(value, where):
 
 def _check(section, key, value, default, where):
     """value, checked against the type of its default."""
-    if key in ("grace", "max_duration", "window", "close_after", "follow", "history", "tick"):
+    if key in ("grace", "max_duration", "window", "close_after", "follow", "history", "tick",
+               "root_failure_window", "keep_closed"):
         seconds = _duration(value, where)
-        if key in ("window", "tick", "max_duration") and seconds <= 0:
+        if key in ("window", "tick", "max_duration", "root_failure_window") and seconds <= 0:
             raise ConfigError(f"{where}: must be greater than zero")
         return seconds
     if isinstance(default, bool):

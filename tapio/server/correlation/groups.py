@@ -15,6 +15,9 @@ API all read the same shape):
                    executable, container_id, container_name, pod_uid, pod_name, namespace,
                    systemd_unit, pids; "processes": the processes for the trace's spans,
      "status": open (still growing) | closed,
+     "incomplete": True when the collector lost events within the group's window (a gap in its
+                   sequence, kernel drops): the conclusion may miss facts; the gaps are listed in
+                   attributes["gaps"] ({"start_ns", "end_ns", "reason"}, the first 10),
      "events": the events in full (the first `max_group_events`), when asked for}
 """
 import secrets
@@ -50,6 +53,8 @@ class Group:
         self.events_total = 0
         self._ids = set()
         self.max_events = max_events
+        self.incomplete = False
+        self._gaps = set()
 
     def add_event(self, event, event_id=None):
         """Count an event in (a dict, or None with its id only); False when it was already in."""
@@ -68,6 +73,19 @@ class Group:
             if ts:
                 self.start_ns = min(self.start_ns, ts) if self.start_ns else ts
                 self.end_ns = max(self.end_ns, ts)
+        return True
+
+    def mark_incomplete(self, start_ns, end_ns, reason, max_listed=10):
+        """Note a gap of the collector's events within the group's window; False when it was
+        noted already."""
+        key = (start_ns, end_ns, reason)
+        if key in self._gaps:
+            return False
+        self._gaps.add(key)
+        self.incomplete = True
+        listed = self.attributes.setdefault("gaps", [])
+        if len(listed) < max_listed:
+            listed.append({"start_ns": start_ns, "end_ns": end_ns, "reason": reason})
         return True
 
     def has_event(self, event_id):
@@ -108,6 +126,7 @@ class Group:
             "root_cause": self.root_cause, "collector_id": self.collector_id, "node": self.node,
             "trace_id": self.id, "event_ids": list(self.event_ids),
             "attributes": dict(self.attributes), "status": self.status,
+            "incomplete": self.incomplete,
         }
         if with_events:
             out["events"] = list(self.events)

@@ -1,0 +1,218 @@
+"""What every rule of one collector shares: the compiled core, the recent batches, the clock,
+the recent hot events, the way out for its groups, and the gaps in what the collector delivered
+(a group whose window overlaps one is marked incomplete).
+
+A rule (tapio/server/correlation/rules/) gets a CollectorState and reads from it; it never
+imports another rule. The engine (engine.py) makes one CollectorState and one instance of each
+rule per collector and dispatches to them.
+"""
+import collections
+import os
+import time
+
+from tapio._fast.correlate import Correlator
+from tapio.server.correlation.groups import Group
+from tapio.server.correlation.recent import RecentBatches
+
+SEC = 1_000_000_000
+NEVER = 0xFFFFFFFF
+MAX_KEYS = 4096          # per-rule keyed state (crash-loop keys, OOM history scopes)
+MAX_PENDING = 4096       # per-rule pending groups (fatal signals, OOM follow windows)
+MAX_GAPS = 64            # gaps remembered per collector (the newest), for groups still to come
+ROOT_CGROUP_ID = 1       # kernfs id of a cgroup hierarchy's root directory
+SUBJECT_CONTEXT = ("container_id", "container_name", "pod_uid", "pod_name", "namespace",
+                   "systemd_unit", "image")
+
+
+class CollectorClock:
+    """A collector's time: its newest event timestamp, moved on by the server's monotonic clock."""
+
+    def __init__(self, monotonic=time.monotonic_ns):
+        self._monotonic = monotonic
+        self._event_ns = 0
+        self._at = 0
+
+    def observe(self, event_ns):
+        if event_ns > self.now(default=0):
+            self._event_ns = event_ns
+            self._at = self._monotonic()
+
+    def now(self, default=None):
+        if not self._event_ns:
+            return time.time_ns() if default is None else default
+        return self._event_ns + max(0, self._monotonic() - self._at)
+
+
+class CollectorState:
+    """The correlation state one collector's rules share. `engine` receives what they emit
+    (emit, and the counters groups_opened / groups_closed); `rule_classes` say what the compiled
+    core must do for them (Rule.core_options)."""
+
+    def __init__(self, engine, collector_id, node, rule_classes):
+        self.engine = engine
+        self.collector_id = collector_id
+        self.node = node
+        cfg = self.config = engine.config
+        options = {"max_processes": cfg.limits.max_processes,
+                   "max_connections": cfg.limits.max_destinations, "hot_signals": set()}
+        for rule in rule_classes:
+            for key, value in rule.core_options(cfg).items():
+                if key == "hot_signals":
+                    options["hot_signals"] |= set(value)
+                else:
+                    options[key] = value
+        self.core = Correlator(**options)
+        self.recent = RecentBatches(cfg.limits.recent_events)
+        self.clock = CollectorClock(engine.monotonic)
+        self.priority = collections.deque(maxlen=512)   # recent hot events, for late linking
+        self.hot_events = 0
+        self.gaps = collections.deque(maxlen=MAX_GAPS)  # (start_ns, end_ns, reason)
+        self.closed = collections.deque()               # (monotonic ns when closed, Group)
+
+    # -- groups ---------------------------------------------------------------------------------
+    def new_group(self, kind, start_ns):
+        return Group(kind, self.collector_id, self.node, start_ns, self.config.limits.max_group_events)
+
+    def open(self, group):
+        """A new group, stored while it grows."""
+        self.engine.groups_opened[group.kind] += 1
+        self.emit(group, False)
+
+    def finish(self, group):
+        """A group built and closed at once (process trees, fatal signals)."""
+        self.engine.groups_opened[group.kind] += 1
+        self.emit(group, True)
+
+    def emit(self, group, closed):
+        self.note_gaps(group)
+        if closed:
+            self.closed.append((self.engine.monotonic(), group))
+            self.prune_closed()
+        self.engine.emit(group, closed)
+
+    # -- gaps: events of this collector that never arrived ----------------------------------------
+    def note_gaps(self, group):
+        """Mark `group` incomplete for each remembered gap its window overlaps; True when that
+        told it something new. An open group's window reaches to now: it is still listening."""
+        if not self.gaps:
+            return False
+        end = group.end_ns if group.status == "closed" else max(group.end_ns, self.clock.now())
+        changed = False
+        for start_ns, end_ns, reason in self.gaps:
+            if start_ns <= end and group.start_ns <= end_ns:
+                changed |= group.mark_incomplete(start_ns, end_ns, reason)
+        return changed
+
+    def prune_closed(self):
+        limits = self.config.limits
+        horizon = self.engine.monotonic() - int(limits.keep_closed * SEC)
+        while self.closed and (self.closed[0][0] < horizon or len(self.closed) > limits.max_closed_kept):
+            self.closed.popleft()
+
+    def stats(self):
+        out = self.core.stats()
+        out.update(recent_events=len(self.recent), recent_batches_evicted=self.recent.evicted,
+                   hot_events=self.hot_events, gaps=len(self.gaps),
+                   closed_groups_kept=len(self.closed))
+        return out
+
+
+class Rule:
+    """One group kind. The engine makes one per collector and calls, in this order:
+
+    on_event(event)           each hot record of a batch (failed exits, exits in watched cgroups,
+                              the signals some rule asked for, OOM kills), as an event dict
+    on_batch(batch, hot, opened)  once the batch's hot records were dispatched: the batch, the
+                              indices of its hot records, the destination slots that crossed the
+                              connectivity threshold (None when there are none)
+    on_tick(now, force)       every [limits] tick, with the collector's time; force: shutdown,
+                              close everything now
+    open_groups()             the groups it holds open (they may still change)
+
+    `core_options(config)` says what the compiled core must do for the rule (its tree or
+    connection settings, the signals it must see); `stats()` adds the rule's counters."""
+
+    kind = ""
+
+    def __init__(self, state):
+        self.state = state
+        self.config = state.config
+        self.core = state.core
+        self.recent = state.recent
+
+    @classmethod
+    def core_options(cls, config):
+        return {}
+
+    def on_event(self, event):
+        pass
+
+    def on_batch(self, batch, hot, opened):
+        pass
+
+    def on_tick(self, now, force):
+        pass
+
+    def open_groups(self):
+        return ()
+
+    def stats(self):
+        return {}
+
+
+# ---- facts shared by rules ---------------------------------------------------------------------
+
+def shared_cgroup(event):
+    """Whether an event's cgroup (v2) is one that unrelated processes share: the root cgroup, a
+    slice (system.slice, user.slice, kubepods.slice, ...) or init.scope. Being in one says
+    nothing about belonging together. Without the cgroup's path (no enrichment) only the root
+    is known for sure."""
+    if event.get("cgroup_id") == ROOT_CGROUP_ID:
+        return True
+    path = (event.get("context") or {}).get("cgroup_path") or ""
+    if not path:
+        return False
+    name = os.path.basename(path.rstrip("/"))
+    return name == "" or name.endswith(".slice") or name == "init.scope"
+
+
+def process_entry(node, exec_ev, exit_ev, now_ns, fallback=None):
+    """One process of a group, as the trace shows it: a span from its exec (or its start) to
+    its exit (or `now_ns` while it runs), with what its events tell."""
+    if exec_ev is not None and exec_ev.get("type") != "exec":
+        exec_ev = None
+    base = exec_ev or exit_ev or fallback or {}
+    process = {}
+    for e in (exit_ev, exec_ev, fallback):   # enrichment facts, from whichever event has them
+        if e and e.get("process"):
+            process = e["process"]
+    exec_details = (exec_ev or {}).get("exec") or {}
+    exit_details = (exit_ev or {}).get("exit") or {}
+    pid = node["pid"] if node else base.get("pid")
+    entry = {
+        "pid": pid,
+        "ppid": node["ppid"] if node else base.get("ppid"),
+        "parent": node["parent"] if node and node["parent"] is not None else -1,
+        "comm": (node["comm"] if node else None) or base.get("comm") or "",
+        "executable": exec_details.get("filename") or process.get("executable") or "",
+        "command_line": process.get("command_line") or " ".join(exec_details.get("args") or []),
+        "user": process.get("user", ""),
+    }
+    if node:
+        start, end = node["start_ns"], node["exit_ns"]
+        code, sig, core = node["exit_code"], node["signal"], node["core_dumped"]
+        state = node["state"]
+    else:
+        start = (exec_ev or {}).get("timestamp_ns") or exit_details.get("start_time_ns") or \
+            process.get("start_time_ns") or base.get("timestamp_ns") or now_ns
+        end = (exit_ev or {}).get("timestamp_ns") or 0
+        code, sig = exit_details.get("exit_code", 0), exit_details.get("signal", 0)
+        core = bool(exit_details.get("core_dumped"))
+        state = "exited" if exit_ev else "running"
+    if not start and exit_details.get("start_time_ns"):
+        start = exit_details["start_time_ns"]
+    entry.update(start_ns=start or now_ns, end_ns=end or max(now_ns, start or now_ns),
+                 exit_code=code, signal=sig, core_dumped=bool(core), state=state,
+                 exec_event=(exec_ev or {}).get("id"), exit_event=(exit_ev or {}).get("id"),
+                 context={k: v for k, v in (base.get("context") or {}).items() if k != "labels"})
+    return entry
