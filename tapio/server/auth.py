@@ -207,7 +207,7 @@ class Auth:
         self._count("denied")
 
     # -- gRPC ---------------------------------------------------------------------------------
-    def authenticate(self, context):
+    def authenticate(self, context, what="call"):
         """The call's Principal; aborts the call with UNAUTHENTICATED without an accepted token."""
         header = dict(context.invocation_metadata()).get("authorization")
         principal = self.principal(header)
@@ -215,14 +215,14 @@ class Auth:
             return principal
         self._count("refused")
         why = "no bearer token" if not header else "a bearer token that is not accepted"
-        log.warning("Refused a call from %s: %s", context.peer(), why)
+        log.warning("Refused a %s from %s: %s", what, context.peer(), why)
         context.abort(grpc.StatusCode.UNAUTHENTICATED,
                       "missing or invalid bearer token: pass --auth-token-file to the client")
 
     def require(self, context, right):
         """The call's Principal when it has `right` (STREAM or READ); aborts the call with
         UNAUTHENTICATED or PERMISSION_DENIED otherwise."""
-        principal = self.authenticate(context)
+        principal = self.authenticate(context, "stream" if right == STREAM else "query")
         if principal.may(right):
             return principal
         self._count("denied")
