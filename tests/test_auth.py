@@ -228,3 +228,71 @@ def test_a_reader_scoped_to_namespaces_sees_only_their_events_and_groups(servers
 
 def events_of(response):
     return response.event.comm
+
+
+def batch(collector_id, batch_id, ev=None):
+    ev = ev or Events(collector=collector_id, node=collector_id)
+    return stream_pb2.TapioStreamEventsRequest(batch=stream_pb2.EventBatch(
+        batch_id=batch_id, collector_id=collector_id, node_name=collector_id,
+        events=[ev.exec(1, 0, "sh")])).SerializeToString()
+
+
+def test_a_collector_token_streams_only_as_the_ids_of_its_scope(servers):
+    def refused(requests):
+        with pytest.raises(grpc.RpcError) as e:
+            servers.stream("tok-node-a", requests)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        return e.value.details()
+    assert "may not stream as collector 'node-b'" in refused([hello("node-b")])
+    # no hello: the first batch's collector is the claim
+    assert "may not stream as collector 'node-b'" in refused([batch("node-b", 1)])
+    # a batch of another collector on an allowed stream
+    assert "one stream, one collector" in refused([hello("edge-7"), batch("node-b", 1)])
+    ok = servers.stream("tok-node-a", [hello("edge-7"), batch("edge-7", 1)])
+    assert [a.ack.status for a in ok if a.HasField("ack")] == [stream_pb2.EventAck.STATUS_OK]
+    assert set(servers.ingest.collectors) == {"edge-7"}
+    # an unscoped collector token and an admin token may claim any id
+    for token in ("tok-collector", "tok-admin", "tok-legacy"):
+        acks = servers.stream(token, [hello(f"any-{token}"), batch(f"any-{token}", 1)])
+        assert [a.ack.status for a in acks if a.HasField("ack")] == [stream_pb2.EventAck.STATUS_OK]
+    assert servers.service.claims_denied == 3
+
+
+def test_with_bind_collector_cert_a_stream_claims_only_its_certificates_names(tmp_path):
+    """Mutual TLS on a real grpcio server: with --bind-collector-cert the Hello's collector id
+    must be the client certificate's common name or one of its alternative names."""
+    import subprocess
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    for name, san in (("server", "IP:127.0.0.1"), ("node-a", "DNS:node-a.example")):
+        (tmp_path / f"{name}.cnf").write_text(f"subjectAltName={san}\n")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", f"{name}.cnf", "-out", f"{name}.pem")
+    read = lambda name: (tmp_path / name).read_bytes()  # noqa: E731
+    ingest = Ingest()
+    service = TapioService(ingest, authorize=Auth(None, bind_cert=True))
+    credentials = grpc.ssl_server_credentials([(read("server.key"), read("server.pem"))],
+                                              root_certificates=read("ca.pem"), require_client_auth=True)
+    server = GrpcServer(service, "127.0.0.1", free_port(), 4 << 20, 8, False, credentials)
+    server.start()
+    channel = grpc.secure_channel(f"127.0.0.1:{server.port}", grpc.ssl_channel_credentials(
+        read("ca.pem"), read("node-a.key"), read("node-a.pem")))
+    try:
+        call = channel.stream_stream("/tapio.v1.TapioService/StreamEvents")
+        for claimed in ("node-a", "node-a.example"):
+            acks = list(call(iter([hello(claimed), batch(claimed, 1)]), timeout=20))
+            assert len(acks) == 1, claimed
+        with pytest.raises(grpc.RpcError) as e:
+            list(call(iter([hello("node-b")]), timeout=20))
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "not a name of the client certificate" in e.value.details()
+        assert set(ingest.collectors) == {"node-a", "node-a.example"}
+    finally:
+        channel.close()
+        server.stop(1)
+        ingest.close()

@@ -96,3 +96,18 @@ def test_off_loopback_starts_with_a_token_or_when_allowed(tmp_path, flags):
         server.wait_log("Tapio server listening")
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_metrics_need_a_reader_token_with_metrics_auth(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKENS)
+    server = ServerProcess(tmp_path, ["--auth-token-file", str(tokens), "--metrics-auth"],
+                           http=True).wait_listening()
+    try:
+        assert get(server.http_url + "/metrics")[0] == 401
+        assert get(server.http_url + "/metrics", "tok-collector")[0] == 403
+        status, _, body = get(server.http_url + "/metrics", "tok-reader")
+        assert status == 200 and b"tapio_streams_refused_total" in body
+        assert get(server.http_url + "/healthz")[0] == 200
+    finally:
+        assert server.stop() == 0, server.log()

@@ -2,6 +2,7 @@
 clients: a per-token cap below the total, so one token cannot fill the server, and health checks
 and queries that still get in when the collector streams are full."""
 import threading
+import time
 
 import grpc
 import pytest
@@ -14,6 +15,7 @@ from tapio.server.service import TapioService
 from tapio.server.store import Store
 from tapio.server.subscribe import SERVICE as QUERY_SERVICE, QueryService
 from tapio.v1 import query_pb2, query_pb2_grpc, stream_pb2
+from tests.correlation_fixtures import Events
 from tests.helpers import free_port, wait_until
 
 TOKENS = "tok-a collector\ntok-b collector\ntok-reader reader\n"
@@ -106,3 +108,106 @@ def test_one_token_cannot_take_every_stream(server):
     finally:
         for h in held:
             h.close()
+
+
+# ---- timeouts, and a collector id no other stream can take over ------------------------------------
+
+class Plain:
+    """TapioService on a real grpcio server without tokens, with short timeouts."""
+
+    def __init__(self, hello_timeout=10.0, idle_timeout=900.0):
+        self.ingest = Ingest()
+        self.service = TapioService(self.ingest, hello_timeout=hello_timeout, idle_timeout=idle_timeout)
+        self.grpc = GrpcServer(self.service, "127.0.0.1", free_port(), 4 << 20, 8, False)
+        self.grpc.start()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc.port}")
+
+    def close(self):
+        self.channel.close()
+        self.grpc.stop(1)
+        self.ingest.close()
+
+
+def held_stream(channel, messages):
+    """A StreamEvents call that sends `messages` then holds the stream open (until the server
+    ends it or 30 s pass). Returns (responses, ended event, the error holder, a release event)."""
+    release = threading.Event()
+    got, errors, ended = [], [], threading.Event()
+
+    def requests():
+        yield from messages
+        release.wait(30)
+
+    call = channel.stream_stream("/tapio.v1.TapioService/StreamEvents")(requests(), timeout=30)
+
+    def read():
+        try:
+            for r in call:
+                got.append(stream_pb2.TapioStreamEventsResponse.FromString(r))
+        except grpc.RpcError as e:
+            errors.append(e)
+        finally:
+            ended.set()
+    threading.Thread(target=read, daemon=True).start()
+    return got, ended, errors, release
+
+
+def hello(collector_id):
+    return stream_pb2.TapioStreamEventsRequest(hello=stream_pb2.Hello(
+        collector_id=collector_id, node_name="n")).SerializeToString()
+
+
+def batch(collector_id, batch_id):
+    ev = Events(collector=collector_id, node="n")
+    return stream_pb2.TapioStreamEventsRequest(batch=stream_pb2.EventBatch(
+        batch_id=batch_id, collector_id=collector_id, node_name="n",
+        events=[ev.exec(1, 0, "sh"), ev.exit(1, 0, "sh")])).SerializeToString()
+
+
+def test_a_stream_that_says_nothing_is_ended_and_one_gone_silent_too():
+    plain = Plain(hello_timeout=0.5, idle_timeout=1.0)
+    try:
+        _, ended, errors, release = held_stream(plain.channel, [])
+        assert ended.wait(10), "a silent stream was not ended"
+        assert errors[0].code() == grpc.StatusCode.DEADLINE_EXCEEDED and "no hello within" in errors[0].details()
+        release.set()
+        got, ended, errors, release = held_stream(plain.channel, [hello("quiet"), batch("quiet", 1)])
+        assert ended.wait(10), "an idle stream was not ended"
+        assert [r.ack.batch_id for r in got if r.HasField("ack")] == [1]
+        assert errors[0].code() == grpc.StatusCode.UNAVAILABLE and "idle for 1s" in errors[0].details()
+        release.set()
+        assert plain.service.timeouts == {"hello": 1, "idle": 1}
+        assert plain.ingest.collectors["quiet"].streams == 0
+    finally:
+        plain.close()
+
+
+def test_another_stream_cannot_poison_a_collectors_duplicate_window():
+    """The attack of issue row 1: a stream says hello as another collector's id and sends batch ids
+    from 2^63. They are refused (INVALID_ARGUMENT) and not remembered; the new stream replaces the
+    real one visibly; the real collector reconnects and its next batches are accepted."""
+    plain = Plain()
+    try:
+        start = time.time_ns() // 1000
+        got, ended, errors, release = held_stream(plain.channel, [hello("victim"), batch("victim", start)])
+        wait_until(lambda: [r for r in got if r.HasField("ack")], 10, what="the victim's first ack")
+        attacker = [hello("victim")] + [batch("victim", (1 << 63) + i) for i in range(3)]
+        a_got, a_ended, a_errors, a_release = held_stream(plain.channel, attacker)
+        assert a_ended.wait(10) and a_errors[0].code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "further ahead of the server's clock" in a_errors[0].details()
+        assert not [r for r in a_got if r.HasField("ack")]
+        # the victim's stream was replaced by the attacker's, and that is counted and said
+        assert ended.wait(10) and errors[0].code() == grpc.StatusCode.ABORTED
+        assert "replaced by a newer stream" in errors[0].details()
+        state = plain.ingest.collectors["victim"]
+        assert state.replaced == 1 and state.ids_refused == 1
+        # the collector reconnects: its next batches are new, and accepted
+        got2, _, errors2, release2 = held_stream(plain.channel, [hello("victim")] +
+                                                 [batch("victim", start + i) for i in range(1, 6)])
+        wait_until(lambda: len([r for r in got2 if r.HasField("ack")]) == 5, 10, what="5 acks")
+        assert {r.ack.status for r in got2 if r.HasField("ack")} == {stream_pb2.EventAck.STATUS_OK}
+        assert state.batches == 6 and state.events == 12 and state.duplicates == 0
+        for r in (release, a_release, release2):
+            r.set()
+    finally:
+        plain.close()

@@ -46,8 +46,8 @@ class StreamLimits(grpc.ServerInterceptor):
         self.auth = auth                    # tapio.server.auth.Auth, or None (no tokens)
         self.max_streams = max_streams
         # without tokens everyone is one caller: only the total applies
-        self.per_token = (per_token or per_token_default(max_streams)) if auth is not None \
-            else max_streams
+        self.per_token = (per_token or per_token_default(max_streams)) \
+            if auth is not None and auth.enabled else max_streams
         self._lock = threading.Lock()
         self._open = 0
         self._by_token = {}
@@ -58,7 +58,7 @@ class StreamLimits(grpc.ServerInterceptor):
             return self._open
 
     def _key(self, context):
-        if self.auth is None:
+        if self.auth is None or not self.auth.enabled:
             return "anonymous", "the server"
         principal = self.auth.principal(dict(context.invocation_metadata()).get("authorization"))
         if principal is None:

@@ -50,13 +50,14 @@ class ServerSurface:
     """What the endpoints read. A part the server runs without (no store, no exporter) is None."""
 
     def __init__(self, ingest, service=None, store=None, exporter=None, auth=None, engine=None,
-                 grpc_address=None, metrics_auth=False):
+                 grpc_address=None, metrics_auth=False, limits=None):
         self.ingest = ingest
         self.service = service
         self.store = store
         self.exporter = exporter
         self.auth = auth                # tapio.server.auth.Auth, or None: no credentials asked
         self.metrics_auth = metrics_auth
+        self.limits = limits            # grpc_server.StreamLimits: streams refused past the caps
         self.engine = engine            # the correlation engine: groups opened by kind
         self.grpc_address = grpc_address
         self.started = time.time()
@@ -347,11 +348,27 @@ def stats_json(surface, sampler):
         "ingest": {"backlog": ingest.backlog(), "pauses": ingest.pauses},
         "streams_refused": surface.auth.refused if surface.auth is not None else 0,
         "calls_denied": surface.auth.denied if surface.auth is not None else 0,
+        "streams": streams_json(surface),
         "groups": surface.group_counts(),
         "groups_opened": surface.groups_opened(),
         "store": surface.store.stats() if surface.store is not None else None,
         "exporter": exporter,
         "history": sampler.history("type"),
+    }
+
+
+def streams_json(surface):
+    """Collector streams ended or refused for the server's own reasons, by reason."""
+    service, ingest, limits = surface.service, surface.ingest, surface.limits
+    timeouts = dict(getattr(service, "timeouts", {}) or {})
+    return {
+        "open": limits.streams() if limits is not None else None,
+        "refused_at_limit": limits.refused if limits is not None else 0,
+        "hello_timeouts": timeouts.get("hello", 0),
+        "idle_timeouts": timeouts.get("idle", 0),
+        "collector_ids_denied": getattr(service, "claims_denied", 0),
+        "replaced": getattr(ingest, "replaced", 0),
+        "batch_ids_refused": getattr(ingest, "ids_refused", 0),
     }
 
 
@@ -438,6 +455,17 @@ class ServerMetrics:
         f.counter("tapio_streams_refused_total", "Streams refused, by reason", ("reason",))
         f.add("tapio_streams_refused_total", s.auth.refused if s.auth is not None else 0, "auth")
         f.add("tapio_streams_refused_total", s.auth.denied if s.auth is not None else 0, "permission")
+        streams = streams_json(s)
+        f.add("tapio_streams_refused_total", streams["refused_at_limit"], "limit")
+        f.counter("tapio_streams_ended_total",
+                  "Collector streams the server ended, by reason: hello_timeout, idle_timeout, "
+                  "replaced (a newer stream said hello as its collector), batch_id (an id far "
+                  "ahead of the clock), collector_id (a batch or hello for an id it may not use)",
+                  ("reason",))
+        for reason, key in (("hello_timeout", "hello_timeouts"), ("idle_timeout", "idle_timeouts"),
+                            ("replaced", "replaced"), ("batch_id", "batch_ids_refused"),
+                            ("collector_id", "collector_ids_denied")):
+            f.add("tapio_streams_ended_total", streams[key], reason)
 
         opened = s.groups_opened()
         if opened is not None:

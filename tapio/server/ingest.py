@@ -12,6 +12,13 @@ rest).
 Each collector's event sequence is followed (tapio/server/sequence.py): a gap in it, or events
 the kernel dropped, is handed to the gap listeners (the correlation engine's mark_gap) before
 the batch that reveals it goes to the consumers.
+
+Duplicates are dropped by batch id (BatchIds), and nobody can move a collector's window of ids:
+a batch id further ahead than the server's clock (collectors number batches from the
+microseconds of their start) plus MAX_ID_SKEW is refused with INVALID_ARGUMENT instead of being
+remembered. One live stream per collector id: a second one replaces the first, which is ended
+with ABORTED, logged and counted (CollectorState.replaced), so two processes that claim one id
+show up instead of silently sharing its window.
 """
 import json
 import logging
@@ -21,11 +28,17 @@ import re
 import threading
 import time
 
+import grpc
+
 from tapio._fast.codec import LatencyHistogram
 from tapio.server.sequence import REASON_SEQUENCE, SequenceTracker
 from tapio.v1 import stream_pb2
 
 log = logging.getLogger("tapio.server")
+
+# batch ids are microseconds since 1970 at the collector's start, counted up by one per batch:
+# one further ahead of the server's clock than this is no collector's
+MAX_ID_SKEW_US = 3600 * 1_000_000
 
 _Ack = stream_pb2.EventAck
 _Control = stream_pb2.StreamControl
@@ -63,6 +76,9 @@ class CollectorState:
         self.buffer_drops = 0
         self.last_event_id = None
         self.last_seen = None
+        self.session = None             # its live stream (the newest)
+        self.replaced = 0               # streams ended because a newer one said hello as it
+        self.ids_refused = 0            # batches refused: their id was far ahead of the clock
         self.sequence = SequenceTracker()    # its event sequence: gaps, and its reported ledger
 
     @property
@@ -143,6 +159,7 @@ class StreamSession:
         self.collector = None
         self.out = queue.SimpleQueue()     # response bytes, or END, or an (code, message) abort
         self.paused = False
+        self.principal = None              # who opened it (tapio.server.auth.Principal)
 
 
 class Ingest:
@@ -154,6 +171,8 @@ class Ingest:
         self.duplicates = 0
         self.decode_errors = 0
         self.pauses = 0
+        self.replaced = 0                       # streams replaced by a newer one of the same id
+        self.ids_refused = 0                    # batches refused for an id far ahead
         self.consumers = []                     # callables(batch, collector_state), engine thread
         # callables(collector_id, start_ns, end_ns, reason text), engine thread, before the
         # consumers
@@ -197,7 +216,16 @@ class Ingest:
             state.streams += 1
             state.connections += 1
             state.connected_since = time.time()
+            older, state.session = state.session, session
+            if older is not None:
+                state.replaced += 1
+                self.replaced += 1
         session.collector = state
+        if older is not None:
+            log.warning("Collector %s: a new stream from %s replaces the one from %s", collector_id,
+                        session.peer, older.peer)
+            older.out.put((grpc.StatusCode.ABORTED, f"replaced by a newer stream for collector "
+                                                    f"{collector_id!r} from {session.peer}"))
         log.info("Collector %s connected from %s", collector_id, session.peer)
 
     def goodbye(self, session, reason):
@@ -205,11 +233,25 @@ class Ingest:
             return
         with self._lock:
             session.collector.streams -= 1
+            if session.collector.session is session:
+                session.collector.session = None
             self._paused.discard(session)
         log.info("Collector %s disconnected: %s", session.collector.collector_id, reason)
 
     def submit(self, session, batch):
-        """Queue a decoded batch (blocks while the queue is full). Its ack follows on session.out."""
+        """Queue a decoded batch (blocks while the queue is full); its ack follows on
+        session.out. False, and the stream told to end, when its id is far ahead of the clock."""
+        limit = time.time_ns() // 1000 + MAX_ID_SKEW_US
+        if batch.batch_id > limit:
+            with self._lock:
+                session.collector.ids_refused += 1
+                self.ids_refused += 1
+            log.warning("Collector %s: refused batch id %d from %s, far ahead of the clock",
+                        session.collector.collector_id, batch.batch_id, session.peer)
+            session.out.put((grpc.StatusCode.INVALID_ARGUMENT,
+                             f"batch id {batch.batch_id} is further ahead of the server's clock than "
+                             f"any collector numbers its batches (at most {limit})"))
+            return False
         self._queue.put((session, batch))
         if self._queue.qsize() >= self._high and not session.paused:
             with self._lock:
@@ -217,6 +259,7 @@ class Ingest:
                 self._paused.add(session)
                 self.pauses += 1
             session.out.put(control_bytes(_Control.ACTION_PAUSE, "server ingest queue is full"))
+        return True
 
     def finish(self, session):
         """The stream's requests ended: END follows its last ack, in order."""
