@@ -211,3 +211,34 @@ def test_another_stream_cannot_poison_a_collectors_duplicate_window():
             r.set()
     finally:
         plain.close()
+
+
+def test_a_stream_that_ignores_pause_is_cut_and_a_polite_one_goes_on():
+    """A slow server (a small queue, 50 ms a batch): the stream that fills the queue is told to
+    PAUSE; it goes on sending, and is ended with RESOURCE_EXHAUSTED after the grace period. A
+    collector that paused when told gets every batch acked."""
+    ingest = Ingest(queue_batches=8, batch_delay=0.05, pause_grace=0.5)
+    service = TapioService(ingest)
+    grpc_server = GrpcServer(service, "127.0.0.1", free_port(), 4 << 20, 8, False)
+    grpc_server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_server.port}")
+    start = time.time_ns() // 1000
+    try:
+        rude = [hello("rude")] + [batch("rude", start + i) for i in range(1, 200)]
+        got, ended, errors, release = held_stream(channel, rude)
+        assert ended.wait(30), "the stream that ignores PAUSE was not ended"
+        assert errors and errors[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "after PAUSE" in errors[0].details()
+        assert any(r.HasField("control") and r.control.action == stream_pb2.StreamControl.ACTION_PAUSE
+                   for r in got)
+        assert ingest.pause_ignored == 1
+        release.set()
+        polite = [hello("polite")] + [batch("polite", start + i) for i in range(1, 6)]
+        got, _, errors, release = held_stream(channel, polite)
+        wait_until(lambda: len([r for r in got if r.HasField("ack")]) == 5, 20, what="the polite acks")
+        assert not errors and ingest.collectors["polite"].batches == 5
+        release.set()
+    finally:
+        channel.close()
+        grpc_server.stop(1)
+        ingest.close()

@@ -95,7 +95,7 @@ async def _main(args):
     auth = Auth(args.auth_token_file, bind_cert=getattr(args, "bind_collector_cert", False))
     credentials = _credentials(args)
     ingest = Ingest(events_out=args.events_out, queue_batches=args.ingest_queue,
-                    batch_delay=args.debug_batch_delay)
+                    batch_delay=args.debug_batch_delay, pause_grace=getattr(args, "pause_grace", 5.0))
     service = TapioService(ingest, authorize=auth, hello_timeout=getattr(args, "hello_timeout", 10.0),
                            idle_timeout=getattr(args, "stream_idle_timeout", 900.0))
     store, exporter, correlation = _correlation(args)

@@ -58,6 +58,9 @@ examples:
            help="a stream that says nothing in this time is closed (DEADLINE_EXCEEDED)")
     p.flag("--stream-idle-timeout", type=parse_duration, default="15m", metavar="DURATION",
            help="a collector stream that sends nothing for this long is closed (0: never)")
+    p.flag("--pause-grace", type=parse_duration, default="5s", metavar="DURATION",
+           help="a stream still sending this long after the server asked it to PAUSE is ended "
+                "(RESOURCE_EXHAUSTED), so it cannot starve the others")
     p.flag("--max-streams-per-token", type=int, default=0, metavar="N",
            help="most collector streams one token (or, without tokens, everyone) may hold "
                 "(0: 3/4 of --max-streams, so one token cannot fill the server)")

@@ -369,6 +369,7 @@ def streams_json(surface):
         "collector_ids_denied": getattr(service, "claims_denied", 0),
         "replaced": getattr(ingest, "replaced", 0),
         "batch_ids_refused": getattr(ingest, "ids_refused", 0),
+        "pause_ignored": getattr(ingest, "pause_ignored", 0),
     }
 
 
@@ -460,11 +461,13 @@ class ServerMetrics:
         f.counter("tapio_streams_ended_total",
                   "Collector streams the server ended, by reason: hello_timeout, idle_timeout, "
                   "replaced (a newer stream said hello as its collector), batch_id (an id far "
-                  "ahead of the clock), collector_id (a batch or hello for an id it may not use)",
+                  "ahead of the clock), collector_id (a batch or hello for an id it may not use), "
+                  "pause_ignored (still sending after PAUSE)",
                   ("reason",))
         for reason, key in (("hello_timeout", "hello_timeouts"), ("idle_timeout", "idle_timeouts"),
                             ("replaced", "replaced"), ("batch_id", "batch_ids_refused"),
-                            ("collector_id", "collector_ids_denied")):
+                            ("collector_id", "collector_ids_denied"),
+                            ("pause_ignored", "pause_ignored")):
             f.add("tapio_streams_ended_total", streams[key], reason)
 
         opened = s.groups_opened()

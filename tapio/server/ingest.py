@@ -5,9 +5,10 @@ For each batch it drops duplicates (by collector id and batch id), counts, appen
 acks it: an acked batch is one the server has processed, so a collector may forget it.
 
 Backpressure: when the queue is above its high-water mark the stream that filled it is told to
-PAUSE; below the low-water mark, every paused stream is told to RESUME. A collector that ignores
-PAUSE is held back by the full queue (its stream handler blocks, and gRPC flow control does the
-rest).
+PAUSE; below the low-water mark, every paused stream is told to RESUME. A stream that goes on
+sending for longer than `pause_grace` after its PAUSE is ended with RESOURCE_EXHAUSTED, so that
+it cannot keep the queue full and starve the streams that paused (its collector reconnects, and
+its unacked batches come again); until then it is held back by the full queue.
 
 Each collector's event sequence is followed (tapio/server/sequence.py): a gap in it, or events
 the kernel dropped, is handed to the gap listeners (the correlation engine's mark_gap) before
@@ -159,12 +160,16 @@ class StreamSession:
         self.collector = None
         self.out = queue.SimpleQueue()     # response bytes, or END, or an (code, message) abort
         self.paused = False
+        self.paused_at = 0.0                # monotonic time of the PAUSE
         self.principal = None              # who opened it (tapio.server.auth.Principal)
 
 
 class Ingest:
-    def __init__(self, events_out=None, queue_batches=256, batch_delay=0.0, log_every=1000):
+    def __init__(self, events_out=None, queue_batches=256, batch_delay=0.0, log_every=1000,
+                 pause_grace=5.0):
         self._lock = threading.Lock()          # guards collectors and counters read by others
+        self.pause_grace = pause_grace         # seconds a paused stream may go on sending
+        self.pause_ignored = 0                 # streams ended for it
         self.collectors = {}
         self.events = 0
         self.batches = 0
@@ -252,9 +257,18 @@ class Ingest:
                              f"batch id {batch.batch_id} is further ahead of the server's clock than "
                              f"any collector numbers its batches (at most {limit})"))
             return False
+        if session.paused and time.monotonic() - session.paused_at > self.pause_grace:
+            with self._lock:
+                self.pause_ignored += 1
+            log.warning("Collector %s: ended its stream from %s, which went on sending %gs after "
+                        "PAUSE", session.collector.collector_id, session.peer, self.pause_grace)
+            session.out.put((grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"still sending {self.pause_grace:g}s after PAUSE: wait for RESUME"))
+            return False
         self._queue.put((session, batch))
         if self._queue.qsize() >= self._high and not session.paused:
             with self._lock:
+                session.paused_at = time.monotonic()
                 session.paused = True
                 self._paused.add(session)
                 self.pauses += 1
