@@ -55,7 +55,7 @@ examples:
              help="mutual TLS: a collector may stream only as an id that is its client "
                   "certificate's common name or one of its subject alternative names")
     p.flag("--hello-timeout", type=parse_duration, default="10s", metavar="DURATION",
-           help="a stream that says nothing in this time is closed (DEADLINE_EXCEEDED)")
+           help="a stream that says nothing in this time is closed (DEADLINE_EXCEEDED; 0: never)")
     p.flag("--stream-idle-timeout", type=parse_duration, default="15m", metavar="DURATION",
            help="a collector stream that sends nothing for this long is closed (0: never)")
     p.flag("--pause-grace", type=parse_duration, default="5s", metavar="DURATION",

@@ -65,8 +65,7 @@ class TapioService:
                                   name=f"read {session.peer}", daemon=True)
         reader.start()
         reason = "stream ended"
-        tick = max(0.05, min(1.0, self.hello_timeout / 4,
-                             self.idle_timeout / 4 if self.idle_timeout else 1.0))
+        tick = max(0.05, min([1.0] + [t / 4 for t in (self.hello_timeout, self.idle_timeout) if t]))
         try:
             while True:
                 try:
@@ -93,7 +92,7 @@ class TapioService:
         if session.paused:
             session.last_heard = now        # silent because the server asked it to be
             return None
-        if not session.heard and now - session.opened > self.hello_timeout:
+        if self.hello_timeout and not session.heard and now - session.opened > self.hello_timeout:
             with self._lock:
                 self.timeouts["hello"] += 1
             log.warning("Ended a stream from %s: nothing within %gs", session.peer, self.hello_timeout)
