@@ -100,3 +100,24 @@ def test_dashboard_shows_a_crash_loop_created_here(ebpf, chromium, tmp_path):
         collector.stop()
         server.stop()
     print(f"screenshots: {shot} {tmp_path / 'dashboard-group.png'}")
+
+
+def test_dashboard_signs_in_with_a_token(chromium, tmp_path):
+    """A server with tokens: the page asks for one, takes it from #token=, and sends it on its
+    requests; a collector token is refused there."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-reader reader\ntok-collector collector\n")
+    server = ServerProcess(tmp_path, ["--auth-token-file", str(tokens)], http=True).wait_listening()
+    try:
+        dom = browse(chromium, tmp_path, server.http_url + "/", budget_ms=3000)
+        assert '<form id="login" class="login card">' in dom, dom[:3000]      # shown: no hidden
+        assert "this server needs a bearer token" in dom
+        dom = browse(chromium, tmp_path, server.http_url + "/#token=tok-reader", budget_ms=3000)
+        assert '<form id="login" class="login card" hidden="">' in dom, dom[:3000]
+        assert re.search(r'id="kpi-events">\d+<', dom), dom[:3000]
+        assert re.search(r'<button id="logout"[^>]*>', dom) and 'id="logout" type="button" class="link" hidden' not in dom
+        dom = browse(chromium, tmp_path, server.http_url + "/#token=tok-collector", budget_ms=3000)
+        assert '<form id="login" class="login card">' in dom
+        assert "collector token may not read" in dom
+    finally:
+        assert server.stop() == 0, server.log()

@@ -414,3 +414,30 @@ def test_an_install_without_the_dashboard_files_still_serves_the_rest(caplog):
     router.static("/dashboard/", "tapio.server", "no-such-folder", index="index.html", index_at="/")
     assert "no files to serve at /dashboard/" in caplog.text
     assert router.patterns() == ["/", "/dashboard/{name}"]
+
+
+# numbers past what SQLite and 64-bit nanoseconds hold are a 400 that says so, never a 500
+OVERFLOWING = [
+    ("/api/v1/groups?since=9999-12-31T23:59:59", "since must fall between 1970 and 2262"),
+    ("/api/v1/groups?since=9999-12-31T23:59:59Z", "since must fall between 1970 and 2262"),
+    ("/api/v1/groups?since=2262-04-12T00:00:00Z", "since must fall between 1970 and 2262"),
+    ("/api/v1/groups?since=0001-01-01T00:00:00Z", "since must fall between 1970 and 2262"),
+    ("/api/v1/groups?since=99999999999", "since as Unix seconds must be between 0 and"),
+    ("/api/v1/groups?since=9223372037", "since as Unix seconds must be between 0 and"),
+    ("/api/v1/groups?since=99999999999999h", "since as a duration back from now must be at most"),
+    ("/api/v1/events?pid=9223372036854775808", "pid must be between 0 and 4294967295"),
+    ("/api/v1/events?limit=18446744073709551616", "limit must be between 1 and 1000"),
+    ("/api/v1/groups?limit=" + "9" * 5000, "limit must be between 1 and 1000"),
+]
+
+
+@pytest.mark.parametrize("path,message", OVERFLOWING)
+async def test_overflowing_parameters_are_400s(api_store, path, message):
+    status, body = await api_store.json(path)
+    assert status == 400, (path, body)
+    assert message in body["error"], body
+
+
+async def test_the_latest_representable_time_is_a_valid_since(api_store):
+    status, body = await api_store.json("/api/v1/groups?since=2262-04-11T00:00:00Z")
+    assert status == 200 and body["groups"] == []

@@ -39,7 +39,8 @@ def _read_token(path):
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip() and not line.lstrip().startswith("#"):
-                return line.strip()
+                # the token is the line's first word: a server's token file (TOKEN ROLE SCOPE) works too
+                return line.split()[0]
     raise ConfigError(f"{path} holds no token")
 
 

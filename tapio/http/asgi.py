@@ -9,7 +9,9 @@ Both programs serve a handful of read-only endpoints, so this is all the framewo
         return {"id": request.params["group_id"]}     # a dict or list becomes JSON
 
 A handler is a plain or an async function of a Request; it returns a Response, or something
-JSON can encode. `raise HttpError(400, "limit must be ...")` answers with that status and
+JSON can encode. `router.get(pattern, guard=check)` runs `check(request)` first: it raises an
+HttpError (401, 403) to refuse, or sets `request.principal` (who is asking) and returns.
+`raise HttpError(400, "limit must be ...")` answers with that status and
 `{"error": "..."}`; any other exception is logged and answered with a 500 that says where to
 look, so one bad request never takes the server down.
 """
@@ -38,17 +40,18 @@ _CONTENT_TYPES = {
 
 
 class HttpError(Exception):
-    """Answer the request with `status` and {"error": message, ...extra}."""
+    """Answer the request with `status` and {"error": message, ...extra} (and `headers`)."""
 
-    def __init__(self, status, message, **extra):
+    def __init__(self, status, message, headers=None, **extra):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = dict(headers or {})
         self.extra = extra
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "params", "headers")
+    __slots__ = ("method", "path", "query", "params", "headers", "principal")
 
     def __init__(self, method, path, query, params, headers):
         self.method = method
@@ -56,6 +59,7 @@ class Request:
         self.query = query              # {name: [values]}, blank values kept
         self.params = params            # {name: text} from the route's {placeholders}
         self.headers = headers          # {lower-case name: value}
+        self.principal = None           # who asks, as the route's guard found
 
     def arg(self, name):
         """The value of query parameter `name` (None when absent); given twice is an error."""
@@ -110,8 +114,8 @@ def json_response(data, status=200, headers=None):
     return Response(json_body(data), status, "application/json", headers)
 
 
-def error_response(status, message, **extra):
-    return json_response({"error": message, "status": status, **extra}, status)
+def error_response(status, message, headers=None, **extra):
+    return json_response({"error": message, "status": status, **extra}, status, headers)
 
 
 def _compile(pattern):
@@ -130,11 +134,11 @@ class Router:
 
     def __init__(self, name):
         self.name = name
-        self._routes = []           # (regex, pattern, handler)
+        self._routes = []           # (regex, pattern, handler, guard)
 
-    def get(self, pattern):
+    def get(self, pattern, guard=None):
         def register(handler):
-            self._routes.append((_compile(pattern), pattern, handler))
+            self._routes.append((_compile(pattern), pattern, handler, guard))
             return handler
         return register
 
@@ -163,7 +167,7 @@ class Router:
         self.get(prefix.rstrip("/") + "/{name}")(serve)
 
     def patterns(self):
-        return [pattern for _, pattern, _ in self._routes]
+        return [pattern for _, pattern, _, _ in self._routes]
 
     async def __call__(self, scope, receive, send):
         kind = scope["type"]
@@ -184,7 +188,7 @@ class Router:
     async def _respond(self, scope):
         path = scope["path"]
         method = scope["method"]
-        for regex, _, handler in self._routes:
+        for regex, _, handler, guard in self._routes:
             m = regex.match(path)
             if m is None:
                 continue
@@ -199,11 +203,13 @@ class Router:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
             request = Request(method, path, query, m.groupdict(), headers)
             try:
+                if guard is not None:
+                    guard(request)
                 result = handler(request)
                 if inspect.isawaitable(result):
                     result = await result
             except HttpError as e:
-                return error_response(e.status, e.message, **e.extra)
+                return error_response(e.status, e.message, e.headers, **e.extra)
             except Exception:
                 log.exception("%s: %s %s failed", self.name, method, path)
                 return error_response(500, f"internal error while serving {path}: see the {self.name} log")

@@ -13,6 +13,8 @@ from tapio.flags import parse_duration
 from tapio.http.asgi import HttpError
 
 _SAFE_TEXT = re.compile(r"[^\x00-\x1f\x7f]*\Z")
+# what SQLite and the wire's int64 fields hold: a number past these is a 400, never an overflow
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def only(request, names):
@@ -30,15 +32,20 @@ def _raw(request, name):
     return value or None
 
 
-def integer(request, name, default=None, minimum=None, maximum=None):
+def integer(request, name, default=None, minimum=INT64_MIN, maximum=INT64_MAX):
     value = _raw(request, name)
     if value is None:
         return default
+    minimum = INT64_MIN if minimum is None else max(minimum, INT64_MIN)
+    maximum = INT64_MAX if maximum is None else min(maximum, INT64_MAX)
+    if len(value) > 40:
+        raise HttpError(400, f"{name} must be between {minimum} and {maximum}: "
+                             f"{value[:40]!r}... is too long")
     try:
         number = int(value, 10)
     except ValueError:
         raise HttpError(400, f"{name} must be a whole number, not {value[:40]!r}") from None
-    if minimum is not None and number < minimum or maximum is not None and number > maximum:
+    if number < minimum or number > maximum:
         raise HttpError(400, f"{name} must be between {minimum} and {maximum}, not {number}")
     return number
 
@@ -71,19 +78,27 @@ def since_ns(request, name, now_ns=None):
     value = _raw(request, name)
     if value is None:
         return None
+    if len(value) > 64:
+        raise HttpError(400, f"{name} is longer than 64 characters")
     now_ns = time.time_ns() if now_ns is None else now_ns
     try:
         seconds = float(value)
     except ValueError:
         seconds = None
     if seconds is not None:
-        if not 0 <= seconds < 1e11:
-            raise HttpError(400, f"{name} as Unix seconds must be between 0 and 1e11, not {value[:40]!r}")
-        return int(seconds * 1e9)
+        if not 0 <= seconds <= _MAX_SECONDS:
+            raise HttpError(400, f"{name} as Unix seconds must be between 0 and {_MAX_SECONDS}, "
+                                 f"not {value[:40]!r}")
+        return _in_range(int(seconds * 1e9), name, value)
     try:
-        return now_ns - int(parse_duration(value) * 1e9)
+        back = parse_duration(value)
     except argparse.ArgumentTypeError:
-        pass
+        back = None
+    if back is not None:
+        if not 0 <= back <= _MAX_SECONDS:
+            raise HttpError(400, f"{name} as a duration back from now must be at most "
+                                 f"{_MAX_SECONDS} s, not {value[:40]!r}")
+        return _in_range(now_ns - int(back * 1e9), name, value)
     try:
         when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -91,4 +106,19 @@ def since_ns(request, name, now_ns=None):
                              f"(2025-11-27T01:02:03Z) or Unix seconds, not {value[:40]!r}") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.timezone.utc)
-    return int(when.timestamp() * 1e6) * 1000
+    try:
+        ns = int(when.timestamp() * 1e6) * 1000
+    except (OverflowError, OSError, ValueError):
+        ns = -1
+    return _in_range(ns, name, value)
+
+
+# nanoseconds since the epoch fit an int64 until 2262-04-11
+_MAX_SECONDS = INT64_MAX // 1_000_000_000
+
+
+def _in_range(ns, name, value):
+    if not 0 <= ns <= INT64_MAX:
+        raise HttpError(400, f"{name} must fall between 1970 and 2262 (nanoseconds since 1970 in "
+                             f"64 bits), not {value[:40]!r}")
+    return ns

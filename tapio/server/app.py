@@ -6,7 +6,7 @@ import signal
 import grpc
 import trio
 
-from tapio.server.auth import TokenAuth
+from tapio.server.auth import Auth
 from tapio.server.correlation import CorrelationEngine, load_config
 from tapio.server.grpc_server import GrpcServer
 from tapio.server.ingest import Ingest
@@ -48,7 +48,7 @@ def _credentials(args):
                                        require_client_auth=client_ca is not None)
 
 
-def _http(args, ingest, service, auth, store=None, exporter=None, engine=None):
+def _http(args, ingest, service, auth, store=None, exporter=None, engine=None, limits=None):
     """The dashboard, JSON API, /metrics, /healthz and /readyz (hypercorn), its socket bound;
     None with --http-port 0."""
     if not getattr(args, "http_port", 0):
@@ -56,12 +56,13 @@ def _http(args, ingest, service, auth, store=None, exporter=None, engine=None):
     from tapio.server.http_app import ServerHttp, ServerSurface
     host = args.http_host or args.host
     surface = ServerSurface(ingest, service=service, store=store, exporter=exporter, auth=auth,
-                            engine=engine)
+                            engine=engine, metrics_auth=getattr(args, "metrics_auth", False),
+                            limits=limits)
     http = ServerHttp(surface, host, args.http_port)
     http.bind()
-    if not _is_loopback(host):
-        log.warning("HTTP (dashboard, events, metrics) has no authentication and listens on %s: "
-                    "use --http-host 127.0.0.1 or a network policy where that matters", host)
+    if not _is_loopback(host) and (auth is None or not auth.enabled):
+        log.warning("HTTP (dashboard, events, metrics) asks for no token and listens on %s "
+                    "(--allow-unauthenticated): anyone who reaches it reads every event", host)
     return http
 
 
@@ -91,11 +92,12 @@ def _correlation(args):
 
 
 async def _main(args):
-    auth = TokenAuth(args.auth_token_file) if args.auth_token_file else None
+    auth = Auth(args.auth_token_file, bind_cert=getattr(args, "bind_collector_cert", False))
     credentials = _credentials(args)
     ingest = Ingest(events_out=args.events_out, queue_batches=args.ingest_queue,
-                    batch_delay=args.debug_batch_delay)
-    service = TapioService(ingest, authorize=auth)
+                    batch_delay=args.debug_batch_delay, pause_grace=getattr(args, "pause_grace", 5.0))
+    service = TapioService(ingest, authorize=auth, hello_timeout=getattr(args, "hello_timeout", 10.0),
+                           idle_timeout=getattr(args, "stream_idle_timeout", 900.0))
     store, exporter, correlation = _correlation(args)
     ingest.consumers.append(store.add_batch)
     ingest.consumers.append(correlation.consume)
@@ -105,11 +107,12 @@ async def _main(args):
     query = QueryService(store, authorize=auth)
     server = GrpcServer(service, args.host, args.grpc_port, args.max_message_size,
                         args.max_streams, args.enable_reflection, credentials,
-                        extra_services=[(query.handler(), QUERY_SERVICE)])
+                        extra_services=[(query.handler(), QUERY_SERVICE)],
+                        max_streams_per_token=getattr(args, "max_streams_per_token", 0))
     if credentials is None and not _is_loopback(args.host):
         log.warning("gRPC listens in plain text on %s: use --tls-cert/--tls-key off loopback", args.host)
     # bound now: a taken port is one line and exit code 2
-    http = _http(args, ingest, service, auth, store, exporter, correlation)
+    http = _http(args, ingest, service, auth, store, exporter, correlation, server.limits)
     if http is not None:
         http.registry.register(SequenceMetrics(ingest))
     async with trio.open_nursery() as nursery:
@@ -124,8 +127,7 @@ async def _main(args):
                 log.info("Dashboard on %s/ (JSON API /api/v1, /metrics, /healthz, /readyz)", url)
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    if auth is not None:
-                        auth.reload()
+                    auth.reload()
                     continue
                 log.info("%s: draining", signal.Signals(signum).name)
                 break

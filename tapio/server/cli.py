@@ -1,5 +1,6 @@
 """tapio-server: receives collectors' event streams over gRPC, correlates them, serves them."""
 import argparse
+import ipaddress
 import logging
 import sys
 
@@ -43,7 +44,26 @@ examples:
     p.flag("--tls-client-ca", metavar="PEM",
            help="mutual TLS: require client certificates signed by this CA")
     p.flag("--auth-token-file", metavar="PATH",
-           help="accept only streams with one of these bearer tokens (one per line; SIGHUP reloads)")
+           help="bearer tokens, one a line: 'TOKEN collector [IDS]', 'TOKEN reader "
+                "[namespaces=A,B]' or 'TOKEN admin' (docs/security.md); gRPC and HTTP /api then "
+                "need one (SIGHUP reloads)")
+    p.switch("--allow-unauthenticated",
+             help="serve gRPC or HTTP off loopback without --auth-token-file (anyone who reaches "
+                  "the ports may stream and read everything)")
+    p.switch("--metrics-auth", help="/metrics needs a reader or admin token too")
+    p.switch("--bind-collector-cert",
+             help="mutual TLS: a collector may stream only as an id that is its client "
+                  "certificate's common name or one of its subject alternative names")
+    p.flag("--hello-timeout", type=parse_duration, default="10s", metavar="DURATION",
+           help="a stream that says nothing in this time is closed (DEADLINE_EXCEEDED; 0: never)")
+    p.flag("--stream-idle-timeout", type=parse_duration, default="15m", metavar="DURATION",
+           help="a collector stream that sends nothing for this long is closed (0: never)")
+    p.flag("--pause-grace", type=parse_duration, default="5s", metavar="DURATION",
+           help="a stream still sending this long after the server asked it to PAUSE is ended "
+                "(RESOURCE_EXHAUSTED), so it cannot starve the others")
+    p.flag("--max-streams-per-token", type=int, default=0, metavar="N",
+           help="most collector streams one token (or, without tokens, everyone) may hold "
+                "(0: 3/4 of --max-streams, so one token cannot fill the server)")
     p.flag("--correlation-config", metavar="PATH",
            help="windows and thresholds of the correlation engine (TOML, see docs/correlation.md)")
     p.flag("--db", default="tapio.db", metavar="PATH",
@@ -66,6 +86,25 @@ examples:
     p.flag("--log-format", type=choice("text", "json"), default="text", help="log format")
     p.flag("--log-level", type=choice(*logs.LEVELS), default="info", help="log level")
     return p
+
+
+def is_loopback(host):
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def unauthenticated_exposure(args):
+    """What the server would serve off loopback with no token at all (["gRPC on 0.0.0.0", ...]);
+    empty when there are tokens, or --allow-unauthenticated."""
+    if args.auth_token_file or args.allow_unauthenticated:
+        return []
+    exposed = [] if is_loopback(args.host) else [f"gRPC on {args.host}"]
+    http_host = args.http_host or args.host
+    if args.http_port and not is_loopback(http_host):
+        exposed.append(f"HTTP on {http_host}")
+    return exposed
 
 
 def trace_export(text):
@@ -91,6 +130,16 @@ def main(argv=None):
         parser.error("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
     if args.http_port and args.http_port == args.grpc_port:
         parser.error(f"--http-port and --grpc-port are both {args.grpc_port}: give HTTP another port")
+    if args.max_streams_per_token < 0:
+        parser.error("--max-streams-per-token must be 0 (automatic) or more")
+    if args.bind_collector_cert and not args.tls_client_ca:
+        parser.error("--bind-collector-cert needs mutual TLS (--tls-client-ca)")
+    exposed = unauthenticated_exposure(args)
+    if exposed:
+        print(f"tapio-server: refusing to serve {' and '.join(exposed)} without authentication: "
+              "give --auth-token-file, listen on loopback (--host 127.0.0.1, --http-host "
+              "127.0.0.1), or pass --allow-unauthenticated", file=sys.stderr)
+        return 2
     logs.setup(args.log_format, args.log_level)
     from tapio.server import app
     try:

@@ -4,21 +4,49 @@ One module for everyone who filters: the store's subscriptions, the gRPC Subscri
 tapio.v1.Filter, see `Filter.from_request`) and the `tapio-server events|groups` follower (the same
 filter applied to what the list calls return). Items are the dicts of tapio.vocab's JSON shape:
 events as `DecodedBatch.event_dict` builds them (with "collector_id"), groups as the store keeps
-them. Regexes are Python's `re`, searched; a bad one is a ValueError that names it.
+them.
+
+Work per request is bounded, since filters come from anyone who may read: regexes are RE2
+(google-re2: matching is linear in the text, nothing backtracks; backreferences and lookaround are
+refused), searched, at most MAX_PATTERN characters each; a request holds at most MAX_FILTERS allow
+and MAX_FILTERS deny entries, each list field at most MAX_VALUES values. Anything past a limit, or
+a bad regex, is a ValueError that says which.
 """
 import dataclasses
-import re
+
+import re2
 
 from tapio import vocab
+
+MAX_FILTERS = 16            # allow entries, and deny entries, of one request
+MAX_VALUES = 64             # values of one list field (pids, pods, namespaces, ...)
+MAX_PATTERN = 256           # characters of one regex
+MAX_VALUE = 256             # characters of one plain value (a container, a namespace, ...)
+# RE2 memory for one compiled regex: a pattern that needs more is refused, not slowed down
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.max_mem = 1 << 20
 
 
 def _compile(pattern, what):
     if pattern in (None, ""):
         return None
+    if len(pattern) > MAX_PATTERN:
+        raise ValueError(f"{what} regex is {len(pattern)} characters: at most {MAX_PATTERN}")
     try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"{what} {pattern!r} is not a regular expression: {e}") from None
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as e:
+        raise ValueError(f"{what} {pattern!r} is not a regular expression RE2 accepts "
+                         f"(no backreferences, no lookaround): {e}") from None
+
+
+def _values(value, what, limit=MAX_VALUES):
+    values = _as_tuple(value)
+    if len(values) > limit:
+        raise ValueError(f"{what}: {len(values)} values, at most {limit}")
+    for v in values:
+        if isinstance(v, str) and len(v) > MAX_VALUE:
+            raise ValueError(f"{what}: a value of {len(v)} characters, at most {MAX_VALUE}")
+    return values
 
 
 def _as_tuple(value):
@@ -39,7 +67,7 @@ class Match:
     comm: object = None        # compiled regex (search)
     binary: object = None      # compiled regex on the executable path
     containers: tuple = ()     # container id prefixes, or container names
-    pods: tuple = ()           # pod names (regex search) or pod UIDs
+    pods: tuple = ()           # (text, compiled regex): a pod UID, or a regex searched in pod names
     namespaces: tuple = ()
     kinds: tuple = ()          # group kinds
     collectors: tuple = ()
@@ -47,16 +75,15 @@ class Match:
     @classmethod
     def make(cls, types=(), pids=(), comm=None, binary=None, containers=(), pods=(),
              namespaces=(), kinds=(), collectors=()):
-        types = tuple(vocab.event_type_name(vocab.event_type_number(t)) for t in _as_tuple(types))
-        kinds = tuple(vocab.group_kind(str(k)) for k in _as_tuple(kinds))
-        pods = tuple(str(p) for p in _as_tuple(pods))
-        for p in pods:
-            _compile(p, "pod")
-        return cls(types=types, pids=tuple(int(p) for p in _as_tuple(pids)),
+        types = tuple(vocab.event_type_name(vocab.event_type_number(t))
+                      for t in _values(types, "event types"))
+        kinds = tuple(vocab.group_kind(str(k)) for k in _values(kinds, "group kinds"))
+        pods = tuple((str(p), _compile(str(p), "pod")) for p in _values(pods, "pods", MAX_FILTERS))
+        return cls(types=types, pids=tuple(int(p) for p in _values(pids, "pids")),
                    comm=_compile(comm, "comm"), binary=_compile(binary, "binary"),
-                   containers=tuple(str(c) for c in _as_tuple(containers) if c), pods=pods,
-                   namespaces=tuple(str(n) for n in _as_tuple(namespaces)), kinds=kinds,
-                   collectors=tuple(str(c) for c in _as_tuple(collectors)))
+                   containers=tuple(str(c) for c in _values(containers, "containers") if c),
+                   pods=pods, namespaces=tuple(str(n) for n in _values(namespaces, "namespaces")),
+                   kinds=kinds, collectors=tuple(str(c) for c in _values(collectors, "collectors")))
 
     @classmethod
     def from_proto(cls, f):
@@ -85,7 +112,7 @@ class Match:
                 return False
         if self.pods:
             name, uid = context.get("pod_name", ""), context.get("pod_uid", "")
-            if not any(p == uid or (name and re.search(p, name)) for p in self.pods):
+            if not any(p == uid or (name and rx.search(name)) for p, rx in self.pods):
                 return False
         if self.namespaces and context.get("namespace", "") not in self.namespaces:
             return False
@@ -119,6 +146,8 @@ class Filter:
     allow list is empty) and no deny entry."""
     allow: tuple = ()
     deny: tuple = ()
+    # namespaces a scoped reader may see (empty: all): an item outside them never passes
+    scope: tuple = ()
 
     @classmethod
     def of(cls, spec):
@@ -132,6 +161,9 @@ class Filter:
             return cls(allow=(spec,))
         if isinstance(spec, dict):
             if "allow" in spec or "deny" in spec:
+                for name in ("allow", "deny"):
+                    if len(spec.get(name) or ()) > MAX_FILTERS:
+                        raise ValueError(f"{name}: more than {MAX_FILTERS} filters")
                 return cls(allow=tuple(Match.make(**m) for m in spec.get("allow") or ()),
                            deny=tuple(Match.make(**m) for m in spec.get("deny") or ()))
             return cls(allow=(Match.make(**spec),))
@@ -140,15 +172,29 @@ class Filter:
     @classmethod
     def from_request(cls, request):
         """The allow_list and deny_list of a tapio.v1.SubscribeRequest; ValueError names a bad one."""
+        for name in ("allow_list", "deny_list"):
+            n = len(getattr(request, name))
+            if n > MAX_FILTERS:
+                raise ValueError(f"{name} has {n} filters: at most {MAX_FILTERS}")
         return cls(allow=tuple(Match.from_proto(f) for f in request.allow_list),
                    deny=tuple(Match.from_proto(f) for f in request.deny_list))
 
+    def scoped(self, namespaces):
+        """This filter, limited to items of pods in `namespaces` (nothing when empty)."""
+        if not namespaces:
+            return self
+        return dataclasses.replace(self, scope=tuple(namespaces))
+
     def matches_event(self, event):
+        if self.scope and (event.get("context") or {}).get("namespace") not in self.scope:
+            return False
         if self.allow and not any(m.matches_event(event) for m in self.allow):
             return False
         return not any(m.matches_event(event) for m in self.deny)
 
     def matches_group(self, group):
+        if self.scope and (group.get("attributes") or {}).get("namespace") not in self.scope:
+            return False
         if self.allow and not any(m.matches_group(group) for m in self.allow):
             return False
         return not any(m.matches_group(group) for m in self.deny)
@@ -163,4 +209,5 @@ class Filter:
     def events_by_type_only(self):
         """True when an event's type alone decides (event_types() says which): the store then
         passes events on without building their dicts."""
-        return not self.deny and all(m.kinds or m.by_type_only() for m in self.allow)
+        return (not self.deny and not self.scope
+                and all(m.kinds or m.by_type_only() for m in self.allow))

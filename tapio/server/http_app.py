@@ -15,6 +15,12 @@ dashboard, served by hypercorn inside the server's trio nursery.
 
 Everything is read from the state the server keeps anyway (Ingest counters, the store, the
 exporter) when asked; nothing here runs per event.
+
+Credentials: when the server has tokens (--auth-token-file), /api/* needs `Authorization: Bearer
+TOKEN` of a reader or admin token (401 without one, 403 for a collector token), and so does
+/metrics with --metrics-auth. /healthz, /readyz and the dashboard's own files stay open: the
+dashboard asks for a token and sends it on its requests. A reader scoped to namespaces gets only
+the events and groups of pods in them (stats, collectors and the vocabulary are not scoped).
 """
 import functools
 import time
@@ -30,6 +36,8 @@ from tapio.http.health import add_health_routes
 from tapio.http.metrics import Families, metrics_response, new_registry
 from tapio.http.rates import RateSampler
 from tapio.http.serve import HttpServer
+from tapio.server.auth import ANONYMOUS, READ
+from tapio.server.subscribe import in_scope, scoped_events, scoped_groups
 
 EVENT_TYPE_NAMES = tuple(sorted(name for number, name in EVENT_TYPES.items() if number))
 DROP_STAGES = ("kernel", "processor", "buffer", "decode", "exporter")
@@ -42,12 +50,14 @@ class ServerSurface:
     """What the endpoints read. A part the server runs without (no store, no exporter) is None."""
 
     def __init__(self, ingest, service=None, store=None, exporter=None, auth=None, engine=None,
-                 grpc_address=None):
+                 grpc_address=None, metrics_auth=False, limits=None):
         self.ingest = ingest
         self.service = service
         self.store = store
         self.exporter = exporter
-        self.auth = auth
+        self.auth = auth                # tapio.server.auth.Auth, or None: no credentials asked
+        self.metrics_auth = metrics_auth
+        self.limits = limits            # grpc_server.StreamLimits: streams refused past the caps
         self.engine = engine            # the correlation engine: groups opened by kind
         self.grpc_address = grpc_address
         self.started = time.time()
@@ -185,39 +195,67 @@ def readiness(surface):
     return all(c["ok"] for c in checks.values()), checks
 
 
+def reader_guard(surface):
+    """The check of the routes that need the right to read: a reader or admin bearer token when
+    the server has tokens. Sets request.principal."""
+    def guard(request):
+        auth = surface.auth
+        if auth is None or not auth.enabled:
+            request.principal = ANONYMOUS
+            return
+        header = request.headers.get("authorization")
+        principal = auth.principal(header)
+        if principal is None:
+            auth.count_refused()
+            raise HttpError(401, "this server needs a bearer token: send 'Authorization: Bearer "
+                                 "TOKEN' with a reader or admin token",
+                            headers={"www-authenticate": 'Bearer realm="tapio"'})
+        if not principal.may(READ):
+            auth.count_denied()
+            raise HttpError(403, f"a {principal.role} token may not read events and groups: use a "
+                                 "reader or admin token")
+        request.principal = principal
+    return guard
+
+
+def _namespaces(request):
+    return request.principal.namespaces if request.principal is not None else ()
+
+
 def build_router(surface, sampler, registry):
     router = Router("tapio-server")
     router.static("/dashboard/", "tapio.server", "dashboard", index="index.html", index_at="/")
 
     add_health_routes(router, "tapio-server", surface, readiness)
+    reader = reader_guard(surface)
 
-    @router.get("/metrics")
+    @router.get("/metrics", guard=reader if surface.metrics_auth else None)
     async def metrics(request):
         # the store answers from SQLite: off the event loop (everything read here is thread-safe)
         return await trio.to_thread.run_sync(metrics_response, registry, request.headers.get("accept", ""))
 
-    @router.get("/api/v1")
+    @router.get("/api/v1", guard=reader)
     def index(request):
         return {"endpoints": [p for p in router.patterns() if p.startswith("/api/")]}
 
-    @router.get("/api/v1/stats")
+    @router.get("/api/v1/stats", guard=reader)
     async def stats(request):
         params.only(request, ())
         return await trio.to_thread.run_sync(stats_json, surface, sampler)
 
-    @router.get("/api/v1/collectors")
+    @router.get("/api/v1/collectors", guard=reader)
     def collectors(request):
         params.only(request, ())
         rates = sampler.rates("collector")
         items = [collector_json(c, rates.get(c.collector_id, 0.0)) for c in surface.collectors()]
         return {"collectors": items, "count": len(items)}
 
-    @router.get("/api/v1/vocabulary")
+    @router.get("/api/v1/vocabulary", guard=reader)
     def vocabulary(request):
         params.only(request, ())
         return vocabulary_json()
 
-    @router.get("/api/v1/events")
+    @router.get("/api/v1/events", guard=reader)
     async def events(request):
         params.only(request, ("type", "pid", "comm", "container", "collector", "limit"))
         filters = {
@@ -229,11 +267,12 @@ def build_router(surface, sampler, registry):
         }
         limit = params.integer(request, "limit", default=100, minimum=1, maximum=MAX_LIMIT)
         store = _store(surface)
-        found = await trio.to_thread.run_sync(functools.partial(store.recent_events, limit=limit, **filters))
+        found = await trio.to_thread.run_sync(functools.partial(
+            scoped_events, store, _namespaces(request), limit=limit, **filters))
         return {"events": found, "count": len(found), "limit": limit,
                 "filters": {k: v for k, v in filters.items() if v is not None}}
 
-    @router.get("/api/v1/groups")
+    @router.get("/api/v1/groups", guard=reader)
     async def groups(request):
         params.only(request, ("kind", "since", "limit", "before"))
         kind = params.one_of(request, "kind", GROUP_KINDS)
@@ -241,10 +280,13 @@ def build_router(surface, sampler, registry):
         limit = params.integer(request, "limit", default=50, minimum=1, maximum=MAX_LIMIT)
         before = _group_id(params.text(request, "before", max_length=128), "before")
         store = _store(surface)
+        namespaces = _namespaces(request)
 
         def query():
-            return (store.groups(kind=kind, since_ns=since, limit=limit + 1, before=before),
-                    store.group_counts())
+            # a scoped reader is not told how many groups there are outside its namespaces
+            return (scoped_groups(store, namespaces, kind=kind, since_ns=since, limit=limit + 1,
+                                  before=before),
+                    None if namespaces else store.group_counts())
         found, counts = await trio.to_thread.run_sync(query)
         more = len(found) > limit
         found = found[:limit]
@@ -257,13 +299,13 @@ def build_router(surface, sampler, registry):
         return {"groups": found, "count": len(found), "limit": limit, "next": next_url,
                 "counts": counts}
 
-    @router.get("/api/v1/groups/{group_id}")
+    @router.get("/api/v1/groups/{group_id}", guard=reader)
     async def group(request):
         params.only(request, ())
         group_id = _group_id(request.params["group_id"], "group id")
         store = _store(surface)
         found = await trio.to_thread.run_sync(store.group, group_id)
-        if found is None:
+        if found is None or not in_scope(found, _namespaces(request)):
             raise HttpError(404, f"no group {group_id!r} (it may have aged out of the store)")
         return found
 
@@ -305,11 +347,29 @@ def stats_json(surface, sampler):
                        "known": len(collectors)},
         "ingest": {"backlog": ingest.backlog(), "pauses": ingest.pauses},
         "streams_refused": surface.auth.refused if surface.auth is not None else 0,
+        "calls_denied": surface.auth.denied if surface.auth is not None else 0,
+        "streams": streams_json(surface),
         "groups": surface.group_counts(),
         "groups_opened": surface.groups_opened(),
         "store": surface.store.stats() if surface.store is not None else None,
         "exporter": exporter,
         "history": sampler.history("type"),
+    }
+
+
+def streams_json(surface):
+    """Collector streams ended or refused for the server's own reasons, by reason."""
+    service, ingest, limits = surface.service, surface.ingest, surface.limits
+    timeouts = dict(getattr(service, "timeouts", {}) or {})
+    return {
+        "open": limits.streams() if limits is not None else None,
+        "refused_at_limit": limits.refused if limits is not None else 0,
+        "hello_timeouts": timeouts.get("hello", 0),
+        "idle_timeouts": timeouts.get("idle", 0),
+        "collector_ids_denied": getattr(service, "claims_denied", 0),
+        "replaced": getattr(ingest, "replaced", 0),
+        "batch_ids_refused": getattr(ingest, "ids_refused", 0),
+        "pause_ignored": getattr(ingest, "pause_ignored", 0),
     }
 
 
@@ -395,6 +455,20 @@ class ServerMetrics:
         f.add("tapio_stream_pauses_total", ingest.pauses)
         f.counter("tapio_streams_refused_total", "Streams refused, by reason", ("reason",))
         f.add("tapio_streams_refused_total", s.auth.refused if s.auth is not None else 0, "auth")
+        f.add("tapio_streams_refused_total", s.auth.denied if s.auth is not None else 0, "permission")
+        streams = streams_json(s)
+        f.add("tapio_streams_refused_total", streams["refused_at_limit"], "limit")
+        f.counter("tapio_streams_ended_total",
+                  "Collector streams the server ended, by reason: hello_timeout, idle_timeout, "
+                  "replaced (a newer stream said hello as its collector), batch_id (an id far "
+                  "ahead of the clock), collector_id (a batch or hello for an id it may not use), "
+                  "pause_ignored (still sending after PAUSE)",
+                  ("reason",))
+        for reason, key in (("hello_timeout", "hello_timeouts"), ("idle_timeout", "idle_timeouts"),
+                            ("replaced", "replaced"), ("batch_id", "batch_ids_refused"),
+                            ("collector_id", "collector_ids_denied"),
+                            ("pause_ignored", "pause_ignored")):
+            f.add("tapio_streams_ended_total", streams[key], reason)
 
         opened = s.groups_opened()
         if opened is not None:

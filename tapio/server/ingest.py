@@ -5,13 +5,21 @@ For each batch it drops duplicates (by collector id and batch id), counts, appen
 acks it: an acked batch is one the server has processed, so a collector may forget it.
 
 Backpressure: when the queue is above its high-water mark the stream that filled it is told to
-PAUSE; below the low-water mark, every paused stream is told to RESUME. A collector that ignores
-PAUSE is held back by the full queue (its stream handler blocks, and gRPC flow control does the
-rest).
+PAUSE; below the low-water mark, every paused stream is told to RESUME. A stream that goes on
+sending for longer than `pause_grace` after its PAUSE is ended with RESOURCE_EXHAUSTED, so that
+it cannot keep the queue full and starve the streams that paused (its collector reconnects, and
+its unacked batches come again); until then it is held back by the full queue.
 
 Each collector's event sequence is followed (tapio/server/sequence.py): a gap in it, or events
 the kernel dropped, is handed to the gap listeners (the correlation engine's mark_gap) before
 the batch that reveals it goes to the consumers.
+
+Duplicates are dropped by batch id (BatchIds), and nobody can move a collector's window of ids:
+a batch id further ahead than the server's clock (collectors number batches from the
+microseconds of their start) plus MAX_ID_SKEW is refused with INVALID_ARGUMENT instead of being
+remembered. One live stream per collector id: a second one replaces the first, which is ended
+with ABORTED, logged and counted (CollectorState.replaced), so two processes that claim one id
+show up instead of silently sharing its window.
 """
 import json
 import logging
@@ -21,11 +29,17 @@ import re
 import threading
 import time
 
+import grpc
+
 from tapio._fast.codec import LatencyHistogram
 from tapio.server.sequence import REASON_SEQUENCE, SequenceTracker
 from tapio.v1 import stream_pb2
 
 log = logging.getLogger("tapio.server")
+
+# batch ids are microseconds since 1970 at the collector's start, counted up by one per batch:
+# one further ahead of the server's clock than this is no collector's
+MAX_ID_SKEW_US = 3600 * 1_000_000
 
 _Ack = stream_pb2.EventAck
 _Control = stream_pb2.StreamControl
@@ -63,6 +77,9 @@ class CollectorState:
         self.buffer_drops = 0
         self.last_event_id = None
         self.last_seen = None
+        self.session = None             # its live stream (the newest)
+        self.replaced = 0               # streams ended because a newer one said hello as it
+        self.ids_refused = 0            # batches refused: their id was far ahead of the clock
         self.sequence = SequenceTracker()    # its event sequence: gaps, and its reported ledger
 
     @property
@@ -143,17 +160,24 @@ class StreamSession:
         self.collector = None
         self.out = queue.SimpleQueue()     # response bytes, or END, or an (code, message) abort
         self.paused = False
+        self.paused_at = 0.0                # monotonic time of the PAUSE
+        self.principal = None              # who opened it (tapio.server.auth.Principal)
 
 
 class Ingest:
-    def __init__(self, events_out=None, queue_batches=256, batch_delay=0.0, log_every=1000):
+    def __init__(self, events_out=None, queue_batches=256, batch_delay=0.0, log_every=1000,
+                 pause_grace=5.0):
         self._lock = threading.Lock()          # guards collectors and counters read by others
+        self.pause_grace = pause_grace         # seconds a paused stream may go on sending
+        self.pause_ignored = 0                 # streams ended for it
         self.collectors = {}
         self.events = 0
         self.batches = 0
         self.duplicates = 0
         self.decode_errors = 0
         self.pauses = 0
+        self.replaced = 0                       # streams replaced by a newer one of the same id
+        self.ids_refused = 0                    # batches refused for an id far ahead
         self.consumers = []                     # callables(batch, collector_state), engine thread
         # callables(collector_id, start_ns, end_ns, reason text), engine thread, before the
         # consumers
@@ -197,7 +221,16 @@ class Ingest:
             state.streams += 1
             state.connections += 1
             state.connected_since = time.time()
+            older, state.session = state.session, session
+            if older is not None:
+                state.replaced += 1
+                self.replaced += 1
         session.collector = state
+        if older is not None:
+            log.warning("Collector %s: a new stream from %s replaces the one from %s", collector_id,
+                        session.peer, older.peer)
+            older.out.put((grpc.StatusCode.ABORTED, f"replaced by a newer stream for collector "
+                                                    f"{collector_id!r} from {session.peer}"))
         log.info("Collector %s connected from %s", collector_id, session.peer)
 
     def goodbye(self, session, reason):
@@ -205,18 +238,42 @@ class Ingest:
             return
         with self._lock:
             session.collector.streams -= 1
+            if session.collector.session is session:
+                session.collector.session = None
             self._paused.discard(session)
         log.info("Collector %s disconnected: %s", session.collector.collector_id, reason)
 
     def submit(self, session, batch):
-        """Queue a decoded batch (blocks while the queue is full). Its ack follows on session.out."""
+        """Queue a decoded batch (blocks while the queue is full); its ack follows on
+        session.out. False, and the stream told to end, when its id is far ahead of the clock."""
+        limit = time.time_ns() // 1000 + MAX_ID_SKEW_US
+        if batch.batch_id > limit:
+            with self._lock:
+                session.collector.ids_refused += 1
+                self.ids_refused += 1
+            log.warning("Collector %s: refused batch id %d from %s, far ahead of the clock",
+                        session.collector.collector_id, batch.batch_id, session.peer)
+            session.out.put((grpc.StatusCode.INVALID_ARGUMENT,
+                             f"batch id {batch.batch_id} is further ahead of the server's clock than "
+                             f"any collector numbers its batches (at most {limit})"))
+            return False
+        if session.paused and time.monotonic() - session.paused_at > self.pause_grace:
+            with self._lock:
+                self.pause_ignored += 1
+            log.warning("Collector %s: ended its stream from %s, which went on sending %gs after "
+                        "PAUSE", session.collector.collector_id, session.peer, self.pause_grace)
+            session.out.put((grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"still sending {self.pause_grace:g}s after PAUSE: wait for RESUME"))
+            return False
         self._queue.put((session, batch))
         if self._queue.qsize() >= self._high and not session.paused:
             with self._lock:
+                session.paused_at = time.monotonic()
                 session.paused = True
                 self._paused.add(session)
                 self.pauses += 1
             session.out.put(control_bytes(_Control.ACTION_PAUSE, "server ingest queue is full"))
+        return True
 
     def finish(self, session):
         """The stream's requests ended: END follows its last ack, in order."""

@@ -49,6 +49,7 @@ not silently keep a default). docs/correlation.md describes each rule; the defau
     tick = "250ms"             # how often time-based closes are checked
     keep_closed = "5m"         # closed groups kept this long, to be marked incomplete by a gap
     max_closed_kept = 1000     # ... and at most this many
+    max_clock_skew = "1h"      # event times further ahead of the server's clock are clamped
 """
 import dataclasses
 import signal
@@ -113,6 +114,9 @@ class LimitsConfig:
     tick: float = 0.25
     keep_closed: float = 300.0
     max_closed_kept: int = 1000
+    # event times further ahead of the server's clock are clamped to it (and counted): one bad
+    # timestamp must not move a collector's time beyond what its groups can close at
+    max_clock_skew: float = 3600.0
 
 
 @dataclasses.dataclass
@@ -157,9 +161,9 @@ def _duration(value, where):
 def _check(section, key, value, default, where):
     """value, checked against the type of its default."""
     if key in ("grace", "max_duration", "window", "close_after", "follow", "history", "tick",
-               "keep_closed"):
+               "keep_closed", "max_clock_skew"):
         seconds = _duration(value, where)
-        if key in ("window", "tick", "max_duration") and seconds <= 0:
+        if key in ("window", "tick", "max_duration", "max_clock_skew") and seconds <= 0:
             raise ConfigError(f"{where}: must be greater than zero")
         return seconds
     if isinstance(default, bool):

@@ -148,6 +148,11 @@ class _Collector(CollectorState):
             self.hot_events += len(hot)
             for i in hot:
                 event = batch.event_dict(i)
+                ts = event.get("timestamp_ns") or 0
+                if ts > self.clock.limit():
+                    # the rules see a time their windows can reach; the event says it was moved
+                    event["timestamp_ns"] = self.clock.clamp(ts)
+                    event["timestamp_clamped_from"] = ts
                 for rule in self.rules:
                     rule.on_event(event)
                 self.priority.append(event)

@@ -26,6 +26,12 @@ import signal as _signal
 from tapio.vocab import GROUP_KINDS, SEVERITIES, exit_text, signal_text  # noqa: F401 (re-exported words)
 
 MAX_EVENT_IDS = 1000
+INT64_MAX = (1 << 63) - 1
+
+
+def bound_ns(ns):
+    """A timestamp within what SQLite, OTel and the C tables hold: 0 to 2^63-1."""
+    return min(max(int(ns or 0), 0), INT64_MAX)
 
 SUBJECT_KEYS = ("pid", "comm", "executable", "container_id", "container_name", "pod_uid",
                 "pod_name", "namespace", "systemd_unit")
@@ -34,7 +40,11 @@ SUBJECT_KEYS = ("pid", "comm", "executable", "container_id", "container_name", "
 class Group:
     """A group while the engine builds it."""
 
-    def __init__(self, kind, collector_id, node, start_ns, max_events=200):
+    def __init__(self, kind, collector_id, node, start_ns, max_events=200, clamp=bound_ns):
+        # every time the group takes goes through `clamp` (the collector's clock bound: the
+        # server's time plus the allowed skew), so no event time can put it out of range
+        self._clamp = clamp
+        start_ns = clamp(start_ns) if start_ns else start_ns
         self.id = secrets.token_hex(16)
         self.kind = kind
         self.intent = GROUP_KINDS[kind]
@@ -71,6 +81,7 @@ class Group:
                 self.events.append(event)
             ts = event.get("timestamp_ns") or 0
             if ts:
+                ts = self._clamp(ts)
                 self.start_ns = min(self.start_ns, ts) if self.start_ns else ts
                 self.end_ns = max(self.end_ns, ts)
         return True
@@ -78,6 +89,7 @@ class Group:
     def mark_incomplete(self, start_ns, end_ns, reason, max_listed=10):
         """Note a gap of the collector's events within the group's window; False when it was
         noted already."""
+        start_ns, end_ns = bound_ns(start_ns), bound_ns(end_ns)
         key = (start_ns, end_ns, reason)
         if key in self._gaps:
             return False
@@ -92,6 +104,8 @@ class Group:
         return event_id in self._ids
 
     def span(self, start_ns, end_ns):
+        start_ns = self._clamp(start_ns) if start_ns else start_ns
+        end_ns = self._clamp(end_ns) if end_ns else end_ns
         if start_ns:
             self.start_ns = min(self.start_ns, start_ns) if self.start_ns else start_ns
         if end_ns:
@@ -119,6 +133,12 @@ class Group:
 
     def to_dict(self, with_events=True):
         self.attributes["events_total"] = self.events_total
+        processes = self.attributes.get("processes")
+        if processes:
+            for p in processes:
+                for key in ("start_ns", "end_ns"):
+                    if p.get(key):
+                        p[key] = self._clamp(p[key])
         out = {
             "id": self.id, "kind": self.kind, "intent": self.intent, "severity": self.severity,
             "confidence": round(self.confidence, 3), "start_ns": self.start_ns,

@@ -15,6 +15,7 @@ from tapio.server.correlation.groups import Group
 from tapio.server.correlation.recent import RecentBatches
 
 SEC = 1_000_000_000
+INT64_MAX = (1 << 63) - 1        # what a timestamp may be in SQLite, OTel and the C tables
 NEVER = 0xFFFFFFFF
 MAX_KEYS = 4096          # per-rule keyed state (crash-loop keys, OOM history scopes)
 MAX_PENDING = 4096       # per-rule pending groups (fatal signals, OOM follow windows)
@@ -25,14 +26,35 @@ SUBJECT_CONTEXT = ("container_id", "container_name", "pod_uid", "pod_name", "nam
 
 
 class CollectorClock:
-    """A collector's time: its newest event timestamp, moved on by the server's monotonic clock."""
+    """A collector's time: its newest event timestamp, moved on by the server's monotonic clock.
 
-    def __init__(self, monotonic=time.monotonic_ns):
+    A timestamp further than `max_skew_ns` ahead of the server's wall clock is taken as that
+    bound instead (and counted in `clamped`): a collector's clock may run ahead of the server's,
+    but one event stamped in the year 2500 (or 2^64-1) must not carry its time, and so every
+    window it closes, out of reach for good."""
+
+    def __init__(self, monotonic=time.monotonic_ns, max_skew_ns=3600 * SEC, wall=time.time_ns):
         self._monotonic = monotonic
+        self._wall = wall
+        self.max_skew_ns = max_skew_ns
         self._event_ns = 0
         self._at = 0
+        self.clamped = 0
+
+    def limit(self):
+        """The latest event time taken as it is: the server's wall clock plus the skew."""
+        return self._wall() + self.max_skew_ns
+
+    def clamp(self, event_ns):
+        """`event_ns`, or the limit when it is further ahead (counted)."""
+        limit = self.limit()
+        if event_ns > limit:
+            self.clamped += 1
+            return limit
+        return event_ns
 
     def observe(self, event_ns):
+        event_ns = self.clamp(event_ns)
         if event_ns > self.now(default=0):
             self._event_ns = event_ns
             self._at = self._monotonic()
@@ -40,7 +62,7 @@ class CollectorClock:
     def now(self, default=None):
         if not self._event_ns:
             return time.time_ns() if default is None else default
-        return self._event_ns + max(0, self._monotonic() - self._at)
+        return min(self._event_ns + max(0, self._monotonic() - self._at), INT64_MAX)
 
 
 class CollectorState:
@@ -63,7 +85,7 @@ class CollectorState:
                     options[key] = value
         self.core = Correlator(**options)
         self.recent = RecentBatches(cfg.limits.recent_events)
-        self.clock = CollectorClock(engine.monotonic)
+        self.clock = CollectorClock(engine.monotonic, int(cfg.limits.max_clock_skew * SEC))
         self.priority = collections.deque(maxlen=512)   # recent hot events, for late linking
         self.hot_events = 0
         self.gaps = collections.deque(maxlen=MAX_GAPS)  # (start_ns, end_ns, reason)
@@ -71,7 +93,8 @@ class CollectorState:
 
     # -- groups ---------------------------------------------------------------------------------
     def new_group(self, kind, start_ns):
-        return Group(kind, self.collector_id, self.node, start_ns, self.config.limits.max_group_events)
+        return Group(kind, self.collector_id, self.node, start_ns, self.config.limits.max_group_events,
+                     clamp=self.clock.clamp)
 
     def open(self, group):
         """A new group, stored while it grows."""
@@ -113,6 +136,7 @@ class CollectorState:
         out = self.core.stats()
         out.update(recent_events=len(self.recent), recent_batches_evicted=self.recent.evicted,
                    hot_events=self.hot_events, gaps=len(self.gaps),
+                   timestamps_clamped=self.clock.clamped,
                    closed_groups_kept=len(self.closed))
         return out
 

@@ -7,7 +7,51 @@ const GROUP_LIMIT = 50;
 // The names (event types, group kinds, drop stages) come from the server: /api/v1/vocabulary.
 const vocabulary = { event_types: [], group_kinds: [], drop_stages: [] };
 
-const view = { kind: null, group: null, groupCounts: {}, lastOk: 0, failing: null };
+const view = { kind: null, group: null, groupCounts: {}, lastOk: 0, failing: null, polling: false };
+
+// A server with tokens wants one on /api/*: the page keeps it in this tab's sessionStorage (gone
+// when the tab closes) and sends it as `Authorization: Bearer`. A link may hand it over as
+// #token=TOKEN: the page stores it and takes it out of the address bar (a fragment never reaches
+// the server).
+const TOKEN_KEY = "tapio.token";
+
+function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
+
+class NeedToken extends Error {
+  constructor(message) { super(message); this.name = "NeedToken"; }
+}
+
+function takeTokenFromHash() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const given = params.get("token");
+  if (given === null) return;
+  if (given) sessionStorage.setItem(TOKEN_KEY, given);
+  params.delete("token");
+  const hash = params.toString();
+  history.replaceState(null, "", hash ? `#${hash}` : location.pathname);
+}
+
+function showLogin(message) {
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  $("logout").hidden = true;
+  $("login-token").focus();
+}
+
+function signIn(event) {
+  event.preventDefault();
+  const given = $("login-token").value.trim();
+  if (!given) return;
+  sessionStorage.setItem(TOKEN_KEY, given);
+  $("login-token").value = "";
+  $("login").hidden = true;
+  if (!view.polling) poll();
+}
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  showLogin("signed out");
+}
 
 function kinds() { return vocabulary.group_kinds.map((k) => k.kind); }
 
@@ -82,9 +126,14 @@ function duration(ns) {
 }
 
 async function getJSON(path) {
-  const response = await fetch(path, { cache: "no-store", headers: { accept: "application/json" } });
+  const headers = { accept: "application/json" };
+  if (token()) headers.authorization = `Bearer ${token()}`;
+  const response = await fetch(path, { cache: "no-store", headers });
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
+  if (response.status === 401 || response.status === 403) {
+    throw new NeedToken(body && body.error ? body.error : `the server answered ${response.status}`);
+  }
   return { ok: response.ok, status: response.status, body };
 }
 
@@ -344,6 +393,7 @@ function saveHash() {
 
 // -- the loop --------------------------------------------------------------------------------
 async function poll() {
+  view.polling = true;
   try {
     if (!vocabulary.event_types.length) {
       await loadVocabulary();
@@ -359,9 +409,17 @@ async function poll() {
     view.lastOk = Date.now();
     view.failing = null;
   } catch (e) {
+    if (e instanceof NeedToken) {
+      // no token, or one the server does not take: ask, and poll again once one is given
+      view.polling = false;
+      if (token()) sessionStorage.removeItem(TOKEN_KEY);
+      showLogin(e.message);
+      return;
+    }
     view.failing = String(e);
     drawReady(null);
   }
+  $("logout").hidden = !token();
   const banner = $("banner");
   banner.hidden = !view.failing;
   banner.textContent = view.failing ? `cannot reach the server (${view.failing}); last update ${view.lastOk ? ago(new Date(view.lastOk)) : "never"}` : "";
@@ -370,7 +428,10 @@ async function poll() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  takeTokenFromHash();
   loadHash();
+  $("login").addEventListener("submit", signIn);
+  $("logout").addEventListener("click", signOut);
   $("detail-close").addEventListener("click", closeGroup);
   document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !$("detail").hidden) closeGroup(); });
   if (view.group) openGroup(view.group);

@@ -3,13 +3,17 @@ through a queue of its own, bounded in items and in bytes.
 
 A subscriber that does not keep up loses items, and they are counted (Subscription.dropped,
 Subscriptions.drops): ingestion never waits for a reader. An event is passed on as its original
-wire bytes (a tapio.v1.Event, as the collector sent it); its dict is built only when a filter
-must look past the event's type.
+wire bytes (a tapio.v1.Event, as the collector sent it). The ingest thread selects by event type
+only; a filter that looks further (regexes, pods, a reader's namespaces) runs on the subscriber's
+own thread, in get(), so no filter a client sends costs the ingest thread more than a type check.
+Items are counted (delivered, dropped) before that filter.
 """
 import collections
 import threading
+import time
 import typing
 
+from tapio._fast.codec import DecodedBatch, encode_field
 from tapio._fast.correlate import match_records
 from tapio.server.filters import Filter
 
@@ -55,14 +59,30 @@ class Subscription:
             self._cond.notify()
 
     def get(self, timeout=None):
-        """The next Item, or None after `timeout` seconds without one (or once closed and empty)."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._items or self.closed, timeout)
-            if not self._items:
-                return None
-            item, nbytes = self._items.popleft()
-            self._bytes -= nbytes
-            return item
+        """The next Item that passes the filter, or None after `timeout` seconds without one (or
+        once closed and empty)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in range(self.maxsize + 1):     # what is queued, at most, before giving back
+            with self._cond:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                self._cond.wait_for(lambda: self._items or self.closed, left)
+                if not self._items:
+                    return None
+                item, nbytes = self._items.popleft()
+                self._bytes -= nbytes
+            if self._passes(item):
+                return item
+        return None
+
+    def _passes(self, item):
+        if item.kind == "group":
+            return self.filter.matches_group(item.value)
+        if self.by_type:
+            return True          # the ingest thread selected it by type: that is the whole filter
+        # the event's dict, from its own bytes (a TapioStreamEventsRequest holding one event)
+        event = DecodedBatch.parse(encode_field(1, item.value)).event_dict(0)
+        event["collector_id"] = item.collector_id
+        return self.filter.matches_event(event)
 
     def queued_bytes(self):
         with self._cond:
@@ -116,11 +136,10 @@ class Subscriptions:
 
     def publish_group(self, group, nbytes):
         for sub in self._snapshot("groups"):
-            if sub.filter.matches_group(group):
-                sub.offer(Item("group", group, group.get("collector_id") or ""), nbytes)
+            sub.offer(Item("group", group, group.get("collector_id") or ""), nbytes)
 
     def publish_events(self, batch, collector):
-        """Offer the batch's events to the event subscribers whose filters pass them."""
+        """Offer the batch's events to the event subscribers of their types."""
         subs = self._snapshot("events")
         if not subs:
             return
@@ -128,22 +147,13 @@ class Subscriptions:
             indices = range(len(batch))
         else:
             indices = sorted({i for s in subs for t in s.types for i in match_records(batch, t)})
-        # which events of a type are in the batch, for the filters that look at the type only
+        # which events of a type are in the batch
         typed = {t: frozenset(match_records(batch, t))
-                 for t in {t for s in subs if s.by_type and s.types is not None for t in s.types}}
-        with_dict = any(not s.by_type for s in subs)
+                 for t in {t for s in subs if s.types is not None for t in s.types}}
         for i in indices:
-            event = None
-            if with_dict:
-                event = batch.event_dict(i)
-                event["collector_id"] = collector
             wire = None
             for sub in subs:
-                if sub.by_type:
-                    ok = sub.types is None or any(i in typed[t] for t in sub.types)
-                else:
-                    ok = sub.filter.matches_event(event)
-                if ok:
+                if sub.types is None or any(i in typed[t] for t in sub.types):
                     if wire is None:
                         wire = batch.event_wire(i)
                     sub.offer(Item("event", wire, collector), len(wire))
