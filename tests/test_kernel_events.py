@@ -445,7 +445,8 @@ def test_tiny_ring_buffer_counts_kernel_drops(ebpf, tmp_path):
     summary = [line for line in proc.log().splitlines() if "dropped in the kernel" in line][-1]
     seen, dropped = [int(w) for w in summary.split() if w.isdigit()][:2]
     assert dropped > 0, summary
-    assert seen > 0 and seen == len(proc.events())
+    # what the kernel dropped was seen too: every event is written out or counted as dropped
+    assert seen == len(proc.events()) + dropped and "the ledger closes" in summary, summary
 
 
 def test_without_capabilities_exits_2_with_a_hint(ebpf, tmp_path):
