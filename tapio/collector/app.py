@@ -64,7 +64,8 @@ def _make_sink(args, event_types):
     return ConnectionManager(
         servers=args.server, transport=GrpcTransport(channels, args.connect_timeout),
         buffer=buffer, hello=lambda: _hello(args, event_types),
-        backoff=Backoff(args.backoff_initial, args.backoff_max, args.backoff_multiplier))
+        backoff=Backoff(args.backoff_initial, args.backoff_max, args.backoff_multiplier),
+        pause_timeout=args.pause_timeout or None)
 
 
 async def _open_source(args):

@@ -119,6 +119,9 @@ examples:
            help="highest reconnect backoff ceiling")
     p.flag("--backoff-multiplier", type=positive(float), default=2.0, metavar="X",
            help="backoff ceiling growth per failed round")
+    p.flag("--pause-timeout", type=non_negative(parse_duration), default="60s", metavar="DURATION",
+           help="a server's PAUSE held longer than this ends the stream and fails over to the next "
+                "--server (0: wait as long as the server says)")
     p.flag("--shutdown-timeout", type=non_negative(parse_duration), default="10s", metavar="DURATION",
            help="on SIGINT/SIGTERM, the longest the collector takes to flush and wait for the "
                 "server's acks; what is left is counted as not delivered (and stays in the spool)")
