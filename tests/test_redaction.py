@@ -76,3 +76,87 @@ def test_bad_redact_file_lines_are_named(tmp_path):
     path.write_text("ok\nnot a word\n")
     with pytest.raises(ValueError, match=r"redact:2: 'not a word'"):
         read_words(path)
+
+
+# ---- through a real collector, with real processes ----
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import uuid  # noqa: E402
+
+from tests.helpers import CollectorProcess, wait_until  # noqa: E402
+
+SECRETS = {
+    "password": (["--password=hunter2"], "hunter2"),
+    "token": (["--token", "ghp_xxxSECRETxxx"], "ghp_xxxSECRETxxx"),
+    "url": (["https://admin:pw0rdSECRET@host/"], "pw0rdSECRET"),
+}
+
+
+def _run_secret_commands(tag):
+    for args, _ in SECRETS.values():
+        subprocess.run(["sh", "-c", "true", tag, *args], check=True, timeout=10)
+
+
+def _tagged_lines(collector, tag):
+    try:
+        with open(collector.output, "rb") as f:
+            return [line for line in f.read().decode().splitlines() if tag in line]
+    except FileNotFoundError:
+        return []
+
+
+def _start(tmp_path, name, flags):
+    proc = CollectorProcess(tmp_path / f"{name}.jsonl", flags)
+    proc.wait_attached()
+    return proc
+
+
+@pytest.mark.parametrize("path", ["raw", "semantic"])
+def test_secrets_never_leave_the_collector(ebpf, tmp_path, path):
+    tag = f"tag-{uuid.uuid4().hex[:12]}"
+    collector = _start(tmp_path, path, ["--correlation", path, "--flush-interval", "50ms"])
+    try:
+        def all_seen():
+            _run_secret_commands(tag)
+            lines = _tagged_lines(collector, tag)
+            execs = [json.loads(line) for line in lines if json.loads(line).get("type") == "exec"]
+            return execs if len(execs) >= len(SECRETS) else None
+        execs = wait_until(all_seen, timeout=30, interval=0.3, what=f"the tagged execs ({path} path)")
+        text = "\n".join(_tagged_lines(collector, tag))
+    finally:
+        collector.stop()
+    for _, secret in SECRETS.values():
+        assert secret not in text, f"{secret} left the node on the {path} path"
+    assert "--password=***" in text and "https://***@host/" in text
+    for e in execs:
+        assert e["exec"]["args_redacted"] is True, e
+        assert tag in e["exec"]["args"]
+        if path == "semantic" and e.get("process", {}).get("command_line"):
+            assert "***" in e["process"]["command_line"], e["process"]
+
+
+def test_no_redact_sends_argv_as_it_is(ebpf, tmp_path):
+    tag = f"tag-{uuid.uuid4().hex[:12]}"
+    collector = _start(tmp_path, "plain", ["--correlation", "raw", "--flush-interval", "50ms", "--no-redact"])
+    try:
+        def seen():
+            _run_secret_commands(tag)
+            return "hunter2" in "\n".join(_tagged_lines(collector, tag))
+        wait_until(seen, timeout=30, interval=0.3, what="the secret with --no-redact")
+        assert "Redaction is off" in collector.log()
+    finally:
+        collector.stop()
+
+
+def test_command_line_read_from_proc_is_redacted():
+    from tapio.collector.enrich.proc import read_process
+    proc = subprocess.Popen(["sh", "-c", "sleep 30", "x", "--api-key", "k3yS3CRET"])
+    try:
+        facts = wait_until(lambda: read_process(proc.pid, redactor=Redactor()), timeout=10)
+        assert "k3yS3CRET" not in facts["command_line"]
+        assert facts["command_line"].endswith("--api-key ***")
+        assert "k3yS3CRET" in read_process(proc.pid)["command_line"]   # without a redactor
+    finally:
+        proc.kill()
+        proc.wait(5)

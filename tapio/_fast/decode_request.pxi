@@ -163,8 +163,10 @@ cdef inline const uint8_t *parse_exec(const tapio_batch *b, const uint8_t *p, co
             p = get_u32(p, end, &x.args_count, err)
         elif tag == 0x20:
             p = get_bool(p, end, &x.args_truncated, err)
+        elif tag == 0x28:
+            p = get_bool(p, end, &x.args_redacted, err)
         else:
-            p = skip_other(p, end, tag, field_mask(1, 4), err)
+            p = skip_other(p, end, tag, field_mask(1, 5), err)
         if p == NULL:
             return wire_fail_in(err, "ExecDetails", tag >> 3)
     return p

@@ -50,6 +50,7 @@ cdef struct tapio_exec_rec:
     uint32_t n_args
     uint32_t args_count
     uint8_t args_truncated
+    uint8_t args_redacted
 
 
 cdef struct tapio_exit_rec:

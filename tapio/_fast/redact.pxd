@@ -13,6 +13,9 @@
 from libc.stdint cimport uint8_t, uint32_t
 from libc.string cimport memcpy, memchr
 
+from tapio._fast.events cimport (tapio_exec, TAPIO_ARGS_LEN, TAPIO_EXEC_ARGS_TRUNCATED,
+                                 TAPIO_EXEC_ARGS_REDACTED)
+
 cdef enum:
     REDACT_MAX_WORDS = 64
     REDACT_WORD_LEN = 32        # a word is at most 31 bytes
@@ -221,3 +224,20 @@ cdef inline int redact_config_add(redact_config *cfg, const char *word, size_t n
     cfg.word_len[cfg.n_words] = <uint8_t>n
     cfg.n_words += 1
     return 0
+
+
+cdef inline void redact_exec(const redact_config *cfg, tapio_exec *x) noexcept nogil:
+    """An exec event's argv, redacted in place; marks it (TAPIO_EXEC_ARGS_REDACTED) when
+    something was replaced, and as truncated when the result had to be cut to fit args[]."""
+    cdef char out[256]      # TAPIO_ARGS_LEN, the size events.pxd gives args[]
+    cdef size_t used = x.args_size if x.args_size < TAPIO_ARGS_LEN else TAPIO_ARGS_LEN
+    cdef size_t written
+    cdef bint changed = False, cut = False
+    written = redact_args(cfg, x.args, used, out, TAPIO_ARGS_LEN, &changed, &cut)
+    if not changed:
+        return
+    memcpy(x.args, out, written)
+    x.args_size = <uint32_t>written
+    x.flags |= TAPIO_EXEC_ARGS_REDACTED
+    if cut:
+        x.flags |= TAPIO_EXEC_ARGS_TRUNCATED
