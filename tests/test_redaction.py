@@ -153,7 +153,10 @@ def test_command_line_read_from_proc_is_redacted():
     from tapio.collector.enrich.proc import read_process
     proc = subprocess.Popen(["sh", "-c", "sleep 30", "x", "--api-key", "k3yS3CRET"])
     try:
-        facts = wait_until(lambda: read_process(proc.pid, redactor=Redactor()), timeout=10)
+        def exec_done():     # until then /proc shows the forking Python's command line
+            facts = read_process(proc.pid, redactor=Redactor())
+            return facts if facts and "--api-key" in facts["command_line"] else None
+        facts = wait_until(exec_done, timeout=10, what="the exec of sh")
         assert "k3yS3CRET" not in facts["command_line"]
         assert facts["command_line"].endswith("--api-key ***")
         assert "k3yS3CRET" in read_process(proc.pid)["command_line"]   # without a redactor

@@ -18,6 +18,7 @@ cdef dict WIRE_ERRORS = {
     WIRE_WRONG_TYPE: "a known field with the wrong wire type",
     WIRE_TOO_MANY_EVENTS: f"more than {MAX_EVENTS} events",
     WIRE_NO_MEMORY: "out of memory for the decoded records",
+    WIRE_TOO_LONG: "a string (or list) longer than a collector makes",
 }
 
 
