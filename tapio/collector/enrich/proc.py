@@ -96,7 +96,7 @@ def read_process(pid, proc_root="/proc", max_command_line=MAX_COMMAND_LINE, reda
     try:
         raw = _read(f"{base}/cmdline", max_command_line)
         if redactor is not None:
-            raw = redactor.redact_argv(raw)[0]
+            raw = redactor.redact_argv(raw)[0][:max_command_line]   # "x" -> "***" may grow it
         command_line = _command_line(raw)
     except OSError:
         command_line = ""
