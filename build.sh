@@ -10,6 +10,7 @@
 #                       TAPIO_ASAN=1 builds the core under AddressSanitizer for them first
 #   ./build.sh sdist    dist/tapio-<version>.tar.gz that builds offline with gcc and libbpf-dev
 #   ./build.sh bundle   dist/bundle/tapio-bundle-*.tar.gz (or into DIR: bundle DIR): for air-gapped hosts
+#   ./build.sh image    localhost/tapio/{collector,server}:<version>, built offline with podman
 #   ./build.sh clean    remove build outputs
 set -euo pipefail
 
@@ -23,6 +24,9 @@ BPF_OBJ=tapio/_fast/tapio.bpf.o
 APT_BUILD=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config gcc make)
 # prometheus and chromium: a real Prometheus scrapes /metrics, a headless browser loads the dashboard
 APT_TEST=(stress-ng iproute2 prometheus chromium)
+# real containers: podman (with runc) runs them, mmdebstrap makes their base image with no image
+# registry, kubectl checks the Kubernetes manifests
+APT_CONTAINERS=(podman runc mmdebstrap)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 2; }
@@ -78,10 +82,10 @@ cmd_deps() {
         "$PYTHON" -m venv "$VENV"
     fi
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        log "installing Python packages into $VENV"
-        "$PY" -m pip install -q --upgrade pip
-        "$PY" -m pip install -q -r requirements/dev.txt
-        echo "$want" >"$stamp"
+            log "installing Python packages into $VENV"
+            "$PY" -m pip install -q --upgrade pip
+            "$PY" -m pip install -q -r requirements/dev.txt
+            echo "$want" >"$stamp"
     fi
 }
 
@@ -148,9 +152,16 @@ interop_deps() {
     fi
 }
 
+container_deps() {
+    apt_install "${APT_CONTAINERS[@]}"
+    # any kubectl will do (Google's SDK ships one that Debian's kubernetes-client would overwrite)
+    command -v kubectl >/dev/null || apt_install kubernetes-client
+}
+
 cmd_test() {
     cmd_build
     apt_install "${APT_TEST[@]}"
+    container_deps
     stop_prometheus_service
     interop_deps
     "$VENV/bin/pytest" -q "$@"
@@ -241,18 +252,69 @@ cmd_bundle() {
     ls "$out/$name.tar.gz"
 }
 
+# The images of deploy/Containerfile, built with no registry and no network: FROM a Debian base
+# made here (deploy/podman/base-image.sh: mmdebstrap, then podman import; cached), with /opt/tapio
+# installed from wheels this venv builds (tapio's own, same Python and libbpf as the base, and its
+# runtime dependencies). Prints the image names.
+#
+#   ./build.sh image [collector] [server]      (both by default)
+cmd_image() {
+    local targets=("$@")
+    [ ${#targets[@]} -eq 0 ] && targets=(collector server)
+    for t in "${targets[@]}"; do
+        [ "$t" = collector ] || [ "$t" = server ] || die "image: no target $t (collector, server)"
+    done
+    cmd_build
+    apt_install "${APT_CONTAINERS[@]}"
+    local base version ctx=build/image
+    base=$(deploy/podman/base-image.sh)
+    version=$("$PY" -c 'import tapio; print(tapio.__version__)')
+    lock
+    # the wheels are made again only when what goes into them has changed
+    local stamp want
+    stamp=$ctx/wheels.sha
+    want=$(find tapio requirements/runtime.txt setup.py pyproject.toml -type f \
+        \( -name '*.py' -o -name '*.so' -o -name '*.o' -o -name '*.pyi' -o -name '*.txt' -o -name '*.toml' \) \
+        -not -path '*/__pycache__/*' | sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        rm -rf "$ctx"
+        mkdir -p "$ctx/wheels"
+        log "wheels of tapio and its runtime dependencies -> $ctx/wheels"
+        # The wheel takes the extensions cmd_build compiled: copied where build_ext puts its output,
+        # newer than their sources, it finds them up to date and does not compile them again.
+        local lib
+        lib=build/lib.$("$PY" -c 'import sys, sysconfig; print(f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}")')
+        mkdir -p "$lib/tapio/_fast"
+        cp -p tapio/_fast/*.so "$lib/tapio/_fast/"
+        # fixed zip timestamps: the same checkout gives the same wheel, and podman's layer cache holds
+        SOURCE_DATE_EPOCH=315532800 "$PY" -m pip wheel -q --no-deps --no-build-isolation --wheel-dir "$ctx/wheels" . >/dev/null
+        "$PY" -m pip wheel -q --wheel-dir "$ctx/wheels" -r requirements/runtime.txt >/dev/null
+        echo "$want" >"$stamp"
+    fi
+    for t in "${targets[@]}"; do
+        log "podman build --target $t FROM $base"
+        # runc: crun refuses hybrid cgroup hosts; explicit limits: podman's defaults raise them
+        podman --runtime runc build --quiet --file deploy/Containerfile --target "$t" \
+            --build-arg "PYTHON_IMAGE=$base" --build-arg INSTALL=wheels \
+            --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 \
+            --tag "localhost/tapio/$t:$version" "$ctx" >/dev/null
+        echo "localhost/tapio/$t:$version"
+    done
+    flock -u 9
+}
+
 cmd_clean() {
     rm -rf build dist "$BPF_OBJ" tapio/_fast/*.c tapio/_fast/*.so tapio/_fast/*.html tapio/v1 ./*.egg-info
 }
 
 case "${1:-}" in
-    deps|build|run|test|bench|fuzz|sdist|bundle|clean)
+    deps|build|run|test|bench|fuzz|sdist|bundle|image|clean)
         step=$1
         shift
         "cmd_$step" "$@"
         ;;
     *)
-        echo "usage: ./build.sh {deps|build|run|test|bench|fuzz|sdist|bundle|clean} [args]" >&2
+        echo "usage: ./build.sh {deps|build|run|test|bench|fuzz|sdist|bundle|image|clean} [args]" >&2
         exit 2
         ;;
 esac

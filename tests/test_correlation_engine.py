@@ -398,7 +398,7 @@ def test_an_oom_kill_holds_the_victim_and_the_container_exits_right_after():
     victim = a["processes"][0]
     assert victim["pid"] == 6000 and victim["signal"] == 9 and victim["state"] == "exited"
     assert victim["executable"] == "/app/payment"
-    assert group["summary"].startswith("payment-api (pid 6000, container payment-api of pod "
+    assert group["summary"].startswith("payment (pid 6000, container payment-api of pod "
                                        "default/payment-7d9) OOM-killed at 500 MiB RSS of a 512 MiB limit")
     assert "1 more process(es)" in group["summary"]
     assert "memory cgroup payment reached its limit" in group["root_cause"]
@@ -510,6 +510,20 @@ def test_an_oom_victim_whose_parent_is_outside_its_container_is_its_main_process
     assert "a worker of its container (parent payment, pid 6251)" in worker["summary"]
 
 
+def test_an_oom_victim_whose_parent_the_runtime_forked_is_its_main_process():
+    """conmon or a shim forks the container's first process without an exec of its own: a
+    parent never seen, while the victim's exec was, is outside the container."""
+    h = Harness()
+    ev = h.ev
+    ctx = pod_context()
+    h.feed(ev.exec(6281, 6280, "payment", cgroup_id=77, context=ctx))
+    ev.at(1)
+    h.feed(ev.oom(6281, "payment", cgroup_id=77, context=ctx, ppid=6280))
+    h.tick(6)
+    [group] = h.closed("oom_kill")
+    assert group["attributes"]["victim_role"] == "main"
+
+
 def test_an_oom_victim_of_unknown_descent_says_so():
     h = Harness()
     h.feed(h.ev.oom(6260, "python3", memcg="tapio-test-2", cgroup_id=1, context=cgroup("/"), ppid=6259))
@@ -583,7 +597,7 @@ def test_a_segfault_is_a_fatal_signal_group_with_its_parent():
     assert a["executable"] == "/opt/crashy" and a["container_id"] == CONTAINER
     assert group["root_cause"] == "a fault in the process itself: SIGSEGV (SEGV_MAPERR: address not mapped)"
     assert group["confidence"] == 1.0 and len(group["event_ids"]) == 3
-    assert group["summary"].startswith("payment-api (pid 8001, container payment-api of pod default/payment-7d9) "
+    assert group["summary"].startswith("crashy (pid 8001, container payment-api of pod default/payment-7d9) "
                                        "killed by SIGSEGV; parent bash (pid 8000)")
 
 

@@ -70,6 +70,21 @@ class Stack:
         self.receiver.stop()
         return codes
 
+    @classmethod
+    def running(cls, tmp):
+        """A module fixture's body: server and collector started, yielded, stopped; both must
+        exit 0."""
+        s = cls(tmp)
+        try:
+            s.start_server()
+            s.start_collector()
+        except BaseException:
+            s.stop()
+            raise
+        yield s
+        for proc, code in s.stop():
+            assert code == 0, proc.log()
+
     # -- reading the server ---------------------------------------------------------------------
     def stub(self):
         channel = grpc.insecure_channel(self.server.address)
@@ -98,16 +113,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     require_ebpf()
-    s = Stack(tmp_path_factory.mktemp("correlation"))
-    try:
-        s.start_server()
-        s.start_collector()
-    except BaseException:
-        s.stop()
-        raise
-    yield s
-    for proc, code in s.stop():
-        assert code == 0, proc.log()
+    yield from Stack.running(tmp_path_factory.mktemp("correlation"))
 
 
 # ---- crash loop -----------------------------------------------------------------------------------

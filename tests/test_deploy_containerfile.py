@@ -1,9 +1,10 @@
-"""deploy/Containerfile cannot be built here (no container engine), so this checks what can be
-checked without one: every file it copies is in the repository and in the build context (not
-left out by its ignore file), every command it runs is one this repository's CI runs too
+"""deploy/Containerfile, read: every file it copies is in the repository and in the build context
+(not left out by its ignore file), every command it runs is one this repository's CI runs too
 (./build.sh steps, the bundle's install.sh with flags it has, apt installs of packages build.sh
 installs or their runtime libraries), and the images fit the Kubernetes manifests (stage names,
-tags, the server's non-root user, the programs the entrypoints start).
+tags, the server's non-root user, the programs the entrypoints start). The public build needs a
+registry and the network; tests/test_podman_image.py builds and runs the offline one
+(`./build.sh image`, INSTALL=wheels) with podman.
 """
 import fnmatch
 import re
@@ -85,20 +86,33 @@ def ignored(path):
 
 def test_stages_and_base_images():
     stages = [s for s, word, _ in INSTRUCTIONS if word == "FROM"]
-    assert stages == ["build", "runtime", "collector", "server"]
+    assert stages == ["build", "wheels", "installed", "runtime", "collector", "server"]
     froms = {s: rest.split()[0] for s, word, rest in INSTRUCTIONS if word == "FROM"}
-    # the venv made in the build stage runs in the runtime stage: the same Python at the same path
-    assert froms["build"] == froms["runtime"] == "${PYTHON_IMAGE}"
+    # the venv made in the build (or wheels) stage runs in the runtime stage: the same Python at
+    # the same path
+    assert froms["build"] == froms["wheels"] == froms["runtime"] == "${PYTHON_IMAGE}"
     assert froms["collector"] == froms["server"] == "runtime"
+    # /opt/tapio comes from the stage INSTALL names: the public build by default
+    assert froms["installed"] == "${INSTALL}"
+    args = dict(rest.split("=", 1) for _, word, rest in INSTRUCTIONS if word == "ARG")
+    assert args["INSTALL"] == "build" and args["PYTHON_IMAGE"].startswith("docker.io/library/python:3.11-")
+    # ./build.sh image: the other stage, FROM the base it makes
+    text = build_sh()
+    assert "--build-arg INSTALL=wheels" in text and '--build-arg "PYTHON_IMAGE=$base"' in text
 
 
 def test_every_copied_file_is_in_the_repository_and_the_build_context():
-    copies = [rest for _, word, rest in INSTRUCTIONS if word == "COPY"]
+    copies = [(stage, rest) for stage, word, rest in INSTRUCTIONS if word == "COPY"]
     assert copies
-    for rest in copies:
+    for stage, rest in copies:
         args = shlex.split(rest)
         if any(a.startswith("--from=") for a in args):
-            assert args == ["--from=build", PREFIX, PREFIX]
+            assert args == ["--from=installed", PREFIX, PREFIX]
+            continue
+        if stage == "wheels":
+            # the context of ./build.sh image (build/image), which it fills with wheels/
+            assert args == ["wheels/", "/tmp/wheels/"]
+            assert 'mkdir -p "$ctx/wheels"' in build_sh()
             continue
         for source in args[:-1]:
             path = ROOT / source
@@ -119,6 +133,10 @@ def test_the_context_leaves_out_this_checkouts_build_outputs():
 
 
 def _commands(rest):
+    # "have it || { install it; }": the offline base has the libraries already
+    guard = re.fullmatch(r"(dpkg-query -W [\w ]+) >/dev/null 2>&1 \|\| \{ (.*); \}", rest)
+    if guard:
+        return [shlex.split(guard[1])] + _commands(guard[2])
     return [shlex.split(part) for part in rest.split("&&")]
 
 
@@ -140,11 +158,20 @@ def test_every_command_is_one_ci_runs():
                     continue
                 runtime_libraries.update(packages)
             elif argv[:2] == ["rm", "-rf"]:
-                assert argv[2:] == ["/var/lib/apt/lists/*"], argv
+                assert argv[2:] in (["/var/lib/apt/lists/*"], ["/tmp/wheels"]), argv
             elif argv[:1] == ["tar"]:
                 # the bundle ./build.sh bundle makes, unpacked as tests/test_bundle.py does
                 assert argv[1] == "-xzf" and fnmatch.fnmatch(
                     f"dist/bundle/tapio-bundle-{tapio.__version__}-cp311-linux_x86_64.tar.gz", argv[2])
+            elif argv[:2] == ["dpkg-query", "-W"]:
+                assert set(argv[2:]) == {"libbpf1", "libelf1"}
+            elif argv[:3] == ["python3", "-m", "venv"]:
+                assert argv[3:] == [f"{PREFIX}/venv"]
+            elif argv[0] == f"{PREFIX}/venv/bin/pip":
+                # offline: only the wheels in the context
+                assert argv[1:] == ["install", "--no-index", "--no-cache-dir", "--find-links", "/tmp/wheels", "tapio"]
+            elif argv[:2] == ["ln", "-s"]:
+                assert argv[2:] == ["venv", f"{PREFIX}/current"]
             elif argv[0].endswith("/install.sh"):
                 assert argv[0].startswith("/tmp/tapio-bundle-")
                 assert {a for a in argv[1:] if a.startswith("--")} <= flags

@@ -4,9 +4,13 @@ The shapes come from the runtimes' own naming rules (kubelet's cgroup drivers, c
 plugin and its "slice:prefix:id" form, cri-o, docker, podman and quadlet, nerdctl, ctr) and from
 /proc/<pid>/cgroup lines seen on real hosts, including kind/k3d nodes and cgroup namespaces.
 """
+import json
+
 import pytest
 
 from tapio.collector.enrich.container import ContainerInfo, parse_cgroup_path, pod_uid_from_cgroup_name
+from tapio.collector.enrich.runtime_state import RuntimeState, podman_graphroot
+from tapio.v1 import events_pb2
 
 ID = "c7c603c79cd328588d937f1e05e0a465e7569183ed25fb1078af8a5f5f6e16cd"
 ID2 = "1a9ceef18aca9744e75ffabcb0ac25846db2289fb70d9463cc428ce216bfd3fb"
@@ -158,3 +162,90 @@ def test_fixture_ids_have_real_lengths():
 ])
 def test_pod_uid_from_cgroup_name(name, uid):
     assert pod_uid_from_cgroup_name(name) == uid
+
+
+# ---- names and images from the runtimes' state files ----------------------------------------------
+# The podman side runs against real containers in tests/test_podman_containers.py; docker does not
+# run here, so its file is written in the shape dockerd writes it.
+
+def podman_entry(cid, name, image):
+    meta = {"image-name": image, "image-id": "ab" * 32, "name": name, "created-at": 1700000000}
+    return {"id": cid, "names": [name], "image": "ab" * 32, "layer": "cd" * 32,
+            "metadata": json.dumps(meta), "created": "2026-01-01T00:00:00Z"}
+
+
+@pytest.fixture
+def state_dirs(tmp_path):
+    podman_root = tmp_path / "storage"
+    (podman_root / "overlay-containers").mkdir(parents=True)
+    docker_root = tmp_path / "docker"
+    (docker_root / "containers").mkdir(parents=True)
+    return podman_root, docker_root
+
+
+def write_podman(root, entries):
+    (root / "overlay-containers" / "containers.json").write_text(json.dumps(entries))
+
+
+def test_podman_names_and_images_come_from_containers_json(state_dirs):
+    podman_root, docker_root = state_dirs
+    write_podman(podman_root, [podman_entry(ID, "web", "localhost/base:latest")])
+    state = RuntimeState(str(podman_root), str(docker_root))
+    assert state.lookup(ID, "podman") == ("web", "localhost/base:latest")
+    assert state.lookup(ID, "podman") == ("web", "localhost/base:latest")
+    assert state.stats()["hits"] == 1 and state.stats()["podman_reads"] == 1
+    # an unknown id reads the list again only when the file has changed
+    assert state.lookup(ID2, "podman") == ("", "")
+    assert state.lookup(ID2, "podman") == ("", "")
+    assert state.stats()["podman_reads"] == 1
+    write_podman(podman_root, [podman_entry(ID, "web", "localhost/base:latest"),
+                               podman_entry(ID2, "db", "localhost/db:1")])
+    assert state.lookup(ID2, "podman") == ("db", "localhost/db:1")
+    assert state.stats()["podman_reads"] == 2
+
+
+def test_docker_names_and_images_come_from_config_v2(state_dirs):
+    podman_root, docker_root = state_dirs
+    (docker_root / "containers" / ID).mkdir()
+    (docker_root / "containers" / ID / "config.v2.json").write_text(json.dumps(
+        {"ID": ID, "Name": "/api", "Image": "sha256:" + "ef" * 32, "Config": {"Image": "nginx:1.25"}}))
+    state = RuntimeState(str(podman_root), str(docker_root))
+    assert state.lookup(ID, "docker") == ("api", "nginx:1.25")
+    message = events_pb2.Context(container_id=ID)
+    state.fill(message, ID, "docker")
+    assert (message.container_name, message.image) == ("api", "nginx:1.25")
+    # a name the API server gave (a pod's container) is not overwritten
+    named = events_pb2.Context(container_id=ID, container_name="from-k8s")
+    state.fill(named, ID, "docker")
+    assert (named.container_name, named.image) == ("from-k8s", "nginx:1.25")
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"{", b"[1, 2, 3]", b'{"id": 1}', b'[{"id": "../../etc"}]', b'[{"id": "%s", "names": 7, "metadata": 5}]' % ID.encode(),
+    b'[{"id": "%s", "names": [], "metadata": "{not json"}]' % ID.encode(), b"\xff\xfe" * 100,
+])
+def test_damaged_state_files_give_empty_answers(state_dirs, content):
+    podman_root, docker_root = state_dirs
+    (podman_root / "overlay-containers" / "containers.json").write_bytes(content)
+    (docker_root / "containers" / ID).mkdir()
+    (docker_root / "containers" / ID / "config.v2.json").write_bytes(content)
+    state = RuntimeState(str(podman_root), str(docker_root))
+    for runtime in ("podman", "docker", ""):
+        assert state.lookup(ID, runtime) == ("", "")
+    assert state.lookup("../" + ID, "") == ("", "")
+
+
+def test_the_cache_is_bounded(state_dirs):
+    podman_root, docker_root = state_dirs
+    ids = [f"{i:064x}" for i in range(50)]
+    write_podman(podman_root, [podman_entry(cid, f"c{i}", "img") for i, cid in enumerate(ids)])
+    state = RuntimeState(str(podman_root), str(docker_root), max_entries=10)
+    assert state.lookup(ids[-1], "podman") == ("c49", "img")
+    assert state.stats()["entries"] == 10
+
+
+def test_graphroot_is_read_from_storage_conf(tmp_path):
+    conf = tmp_path / "storage.conf"
+    conf.write_text('[storage]\ndriver = "overlay"\n# graphroot = "/nope"\ngraphroot = "/srv/containers"\n')
+    assert podman_graphroot(str(conf)) == "/srv/containers"
+    assert podman_graphroot(str(tmp_path / "missing")) == "/var/lib/containers/storage"

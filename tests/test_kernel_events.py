@@ -185,6 +185,17 @@ def recv_exactly(sock, n):
         got += len(chunk)
 
 
+def both_closes(collector, port_a, port_b):
+    """The tcp_close details of both ends of one loopback connection: (the client's, the server's)."""
+    pair = {port_a, port_b}
+
+    def closes():
+        return [e["tcp_close"] for e in collector.events() if e["type"] == "tcp_close"
+                and {e["tcp_close"]["sport"], e["tcp_close"]["dport"]} == pair]
+    found = wait_until(lambda: len(closes()) == 2 and closes(), what="both closes")
+    return (next(c for c in found if not c["passive"]), next(c for c in found if c["passive"]))
+
+
 def loopback_exchange(client_sends, server_sends, ending, host="127.0.0.1"):
     """One connection on `host`: the client writes `client_sends` bytes, the server reads them
     and answers `server_sends` bytes; then the client closes first, the server closes first, or
@@ -251,14 +262,7 @@ def test_close_reports_payload_bytes(collector, client_sends, server_sends, endi
     # bytes_received); what the applications wrote and read is the truth
     client_port, server_port, error = loopback_exchange(client_sends, server_sends, ending, host)
     assert error == (104 if ending == "reset" else 0)
-    pair = {client_port, server_port}
-
-    def closes():
-        return [e for e in collector.events() if e["type"] == "tcp_close"
-                and {e["tcp_close"]["sport"], e["tcp_close"]["dport"]} == pair]
-    wait_until(lambda: len(closes()) == 2, what="both closes")
-    client = next(e["tcp_close"] for e in closes() if not e["tcp_close"]["passive"])
-    server = next(e["tcp_close"] for e in closes() if e["tcp_close"]["passive"])
+    client, server = both_closes(collector, client_port, server_port)
     assert (client["sport"], client["dport"]) == (client_port, server_port)
     assert client["saddr"] == client["daddr"] == server["saddr"] == server["daddr"] == host
     assert (client["bytes_sent"], client["bytes_received"]) == (client_sends, server_sends)
@@ -396,14 +400,7 @@ def test_close_counts_retransmitted_bytes_once(collector):
     assert child.returncode == 0 and not failures, (child.stderr, failures)
     assert retransmitted and retransmitted[0] > 0, "nothing was retransmitted: the test proves nothing"
     client_port = int(child.stdout)
-    pair = {client_port, port}
-
-    def closes():
-        return [e for e in collector.events() if e["type"] == "tcp_close"
-                and {e["tcp_close"]["sport"], e["tcp_close"]["dport"]} == pair]
-    wait_until(lambda: len(closes()) == 2, what="both closes")
-    client_close = next(e["tcp_close"] for e in closes() if not e["tcp_close"]["passive"])
-    server_close = next(e["tcp_close"] for e in closes() if e["tcp_close"]["passive"])
+    client_close, server_close = both_closes(collector, client_port, port)
     assert (client_close["bytes_sent"], client_close["bytes_received"]) == (client_sends, server_sends)
     assert (server_close["bytes_sent"], server_close["bytes_received"]) == (server_sends, client_sends)
 

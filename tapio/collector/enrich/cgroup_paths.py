@@ -131,6 +131,10 @@ class CgroupPaths:
             found = find_cgroup2_mount()
             if found:
                 mount, root = found
+                # In a cgroup namespace of its own, a mount of the node's whole hierarchy shows a
+                # root above the namespace ("/../.."); only the hierarchy's root has no cgroup.type.
+                if ".." in root.split("/") and not os.path.exists(os.path.join(mount, "cgroup.type")):
+                    root = "/"
         self.mount = mount
         # A bind mount of part of the hierarchy: its paths continue the mount's root.
         self._prefix = "" if root in ("/", "") else root.rstrip("/")

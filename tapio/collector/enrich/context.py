@@ -12,6 +12,7 @@ from collections import OrderedDict
 from tapio.v1 import events_pb2
 
 from .container import parse_cgroup_path
+from .runtime_state import RuntimeState
 
 __all__ = ["ContextResolver"]
 
@@ -21,12 +22,13 @@ class ContextResolver:
     KubernetesPods or None. Thread-safe: the pod index invalidates from its own thread."""
 
     def __init__(self, cgroup_paths, kubernetes=None, *, node_name="", enable_systemd=True,
-                 max_entries=16384):
+                 max_entries=16384, runtime_state=None):
         self._paths = cgroup_paths
         self._kubernetes = kubernetes
         self.node_name = node_name
         self._enable_systemd = enable_systemd
         self._max_entries = max(1, int(max_entries))
+        self.runtime_state = runtime_state if runtime_state is not None else RuntimeState()
         self._lock = threading.Lock()
         self._cache = OrderedDict()   # cgroup id -> (wire bytes, pod uid)
         self._by_pod = {}             # pod uid -> {cgroup id}
@@ -78,6 +80,8 @@ class ContextResolver:
             message.systemd_unit = info.systemd_unit
         if self._kubernetes is not None and (info.pod_uid or info.container_id):
             self._add_pod_metadata(message, info)
+        if info.container_id and not message.container_name:
+            self.runtime_state.fill(message, info.container_id, info.runtime)
         return message, message.pod_uid
 
     def _add_pod_metadata(self, message, info):

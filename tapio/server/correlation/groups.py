@@ -183,10 +183,8 @@ def where(context, unit=True):
 
 
 def subject_name(event):
-    """What to call the process an event is about: the container's name, else the executable's."""
-    context = event.get("context") or {}
-    if context.get("container_name"):
-        return context["container_name"]
+    """What to call the process an event is about: its executable's name (where() names the
+    container it runs in)."""
     process = event.get("process") or {}
     exe = process.get("executable") or (event.get("exec") or {}).get("filename")
     if exe:

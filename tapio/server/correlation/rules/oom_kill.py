@@ -204,7 +204,14 @@ class OomKill(Rule):
         ppid = event.get("ppid") or 0
         parent = self.core.process(ppid) if ppid else None
         if parent is None or parent["pid"] != ppid:
-            return ("main" if ppid == 1 else "unknown"), None
+            if ppid == 1:
+                return "main", None
+            # A parent inside the scope runs a program there, so its exec is seen once the scope
+            # is; a parent never seen while the victim's own exec was is the runtime's (conmon,
+            # a shim: forked, never exec'd). Without the victim's exec nothing can be said.
+            victim = self.core.process(event["pid"])
+            seen = victim is not None and victim["pid"] == event["pid"] and victim["last_exec"]
+            return ("main" if seen else "unknown"), None
         kind, value = scope
         if kind == "container":
             parent_exec = self.recent.event(parent["last_exec"]) if parent["last_exec"] else None
