@@ -27,6 +27,8 @@ DEBUG = os.environ.get("TAPIO_CYTHON_DEBUG") == "1"
 # rebuilds every module.
 ASAN = os.environ.get("TAPIO_ASAN") == "1"
 SANITIZE = ["-fsanitize=address,fuzzer-no-link", "-fno-omit-frame-pointer", "-g", "-O1"] if ASAN else []
+# Linked without the sanitizer: its runtime comes preloaded (atheris' asan_with_fuzzer.so), and
+# a -shared link with -fsanitize wants clang's static parts, which Debian keeps in another package.
 FLAGS_STAMP = os.path.join(HERE, "build", "core-flags")
 
 
@@ -56,7 +58,7 @@ def extensions():
             [source],
             include_dirs=["bpf"],
             extra_compile_args=cflags + ["-Wno-unused-function"] + SANITIZE,
-            extra_link_args=libs + SANITIZE,
+            extra_link_args=libs,
         ))
     if not have_pyx:
         return exts
