@@ -120,18 +120,18 @@ cmd_build() {
     build_bpf
     # setup.py generates tapio/v1 from proto/ and cythonizes only what changed
     log "building the Cython core"
+    local cc=()
     if [ "${TAPIO_ASAN:-}" = 1 ]; then
         # libFuzzer's coverage hooks (-fsanitize=fuzzer-no-link) are clang's
         log "... under AddressSanitizer (TAPIO_ASAN=1): run it with ./build.sh fuzz"
-        CC=clang LDSHARED="clang -shared" "$PY" setup.py -q build_ext --inplace >/dev/null
-    else
-        "$PY" setup.py -q build_ext --inplace >/dev/null
+        cc=(CC=clang "LDSHARED=clang -shared")
     fi
+    env "${cc[@]}" "$PY" setup.py -q build_ext --inplace >/dev/null
     # -I: the check must not find ./tapio through the current directory
     if [ ! -x "$VENV/bin/tapio-collector" ] ||
         ! "$PY" -I -c 'import tapio, sys; sys.exit(0 if tapio.__file__.startswith(sys.argv[1]) else 1)' "$ROOT" 2>/dev/null; then
         log "installing tapio into $VENV (editable)"
-        "$PY" -m pip install -q --no-build-isolation --no-deps -e . >/dev/null
+        env "${cc[@]}" "$PY" -m pip install -q --no-build-isolation --no-deps -e . >/dev/null
     fi
     flock -u 9
 }
