@@ -6,6 +6,8 @@
 #   ./build.sh run      the collector (and the server) on this host, with embedded defaults
 #   ./build.sh test     the test suite (real eBPF: run as root)
 #   ./build.sh bench    the benchmarks (tables on stdout, JSON under benchmarks/results/)
+#   ./build.sh fuzz [SECONDS [TARGET...]]  the fuzz targets of tests/fuzz (atheris), SECONDS each;
+#                       TAPIO_ASAN=1 builds the core under AddressSanitizer for them first
 #   ./build.sh sdist    dist/tapio-<version>.tar.gz that builds offline with gcc and libbpf-dev
 #   ./build.sh bundle   dist/bundle/tapio-bundle-*.tar.gz (or into DIR: bundle DIR): for air-gapped hosts
 #   ./build.sh image    localhost/tapio/{collector,server}:<version>, built offline with podman
@@ -118,12 +120,18 @@ cmd_build() {
     build_bpf
     # setup.py generates tapio/v1 from proto/ and cythonizes only what changed
     log "building the Cython core"
-    "$PY" setup.py -q build_ext --inplace >/dev/null
+    local cc=()
+    if [ "${TAPIO_ASAN:-}" = 1 ]; then
+        # libFuzzer's coverage hooks (-fsanitize=fuzzer-no-link) are clang's
+        log "... under AddressSanitizer (TAPIO_ASAN=1): run it with ./build.sh fuzz"
+        cc=(CC=clang "LDSHARED=clang -shared")
+    fi
+    env "${cc[@]}" "$PY" setup.py -q build_ext --inplace >/dev/null
     # -I: the check must not find ./tapio through the current directory
     if [ ! -x "$VENV/bin/tapio-collector" ] ||
         ! "$PY" -I -c 'import tapio, sys; sys.exit(0 if tapio.__file__.startswith(sys.argv[1]) else 1)' "$ROOT" 2>/dev/null; then
         log "installing tapio into $VENV (editable)"
-        "$PY" -m pip install -q --no-build-isolation --no-deps -e . >/dev/null
+        env "${cc[@]}" "$PY" -m pip install -q --no-build-isolation --no-deps -e . >/dev/null
     fi
     flock -u 9
 }
@@ -169,6 +177,38 @@ cmd_bench() {
         [ -f "benchmarks/$b.py" ] || die "no benchmark named $b (benchmarks/*.py)"
         "$PY" "benchmarks/$b.py" --json "benchmarks/results/$b.json"
     done
+}
+
+# Each target runs SECONDS (default 60) from its seeds in tests/fuzz/corpus/TARGET; what it finds
+# goes to build/fuzz/ (new inputs to build/fuzz/corpus-TARGET, crashes as build/fuzz/crash-*).
+# Under TAPIO_ASAN=1 the core is built with AddressSanitizer and Python runs with atheris'
+# sanitizer runtime preloaded.
+cmd_fuzz() {
+    local seconds=${1:-60}
+    [[ "$seconds" =~ ^[0-9]+$ ]] || die "fuzz: SECONDS is a whole number, not '$seconds'"
+    [ $# -gt 0 ] && shift
+    cmd_build
+    local targets=("$@")
+    [ ${#targets[@]} -eq 0 ] && targets=(decoder response filters)
+    local env=()
+    if [ "${TAPIO_ASAN:-}" = 1 ]; then
+        local runtime
+        runtime="$("$PY" -c 'import atheris; print(atheris.path())')/asan_with_fuzzer.so"
+        [ -f "$runtime" ] || die "fuzz: no $runtime (atheris' AddressSanitizer runtime)"
+        # Python itself leaks by design: only memory errors count
+        env=(LD_PRELOAD="$runtime" ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1")
+    fi
+    mkdir -p build/fuzz
+    local failed=()
+    for t in "${targets[@]}"; do
+        [ -d "tests/fuzz/corpus/$t" ] || die "fuzz: no target named $t (tests/fuzz/corpus/*)"
+        mkdir -p "build/fuzz/corpus-$t"
+        log "fuzzing $t for ${seconds}s"
+        env "${env[@]}" "$PY" -m tests.fuzz.run "$t" "-max_total_time=$seconds" -max_len=65536 \
+            -timeout=10 -rss_limit_mb=4096 -artifact_prefix=build/fuzz/ \
+            "build/fuzz/corpus-$t" "tests/fuzz/corpus/$t" || failed+=("$t")
+    done
+    [ ${#failed[@]} -eq 0 ] || die "fuzz: findings in ${failed[*]} (build/fuzz/crash-*)"
 }
 
 cmd_sdist() {
@@ -268,13 +308,13 @@ cmd_clean() {
 }
 
 case "${1:-}" in
-    deps|build|run|test|bench|sdist|bundle|image|clean)
+    deps|build|run|test|bench|fuzz|sdist|bundle|image|clean)
         step=$1
         shift
         "cmd_$step" "$@"
         ;;
     *)
-        echo "usage: ./build.sh {deps|build|run|test|bench|sdist|bundle|image|clean} [args]" >&2
+        echo "usage: ./build.sh {deps|build|run|test|bench|fuzz|sdist|bundle|image|clean} [args]" >&2
         exit 2
         ;;
 esac

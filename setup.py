@@ -21,6 +21,15 @@ CYTHON_VERSION = (3, 0)
 # each .pyx; TAPIO_CYTHON_DEBUG=1 turns on Cython's bounds and wraparound checks everywhere.
 ANNOTATE = os.environ.get("TAPIO_CYTHON_ANNOTATE") == "1"
 DEBUG = os.environ.get("TAPIO_CYTHON_DEBUG") == "1"
+# TAPIO_ASAN=1: the core built with clang under AddressSanitizer and libFuzzer's coverage hooks,
+# for fuzzing (./build.sh fuzz). Such a build needs the sanitizer runtime preloaded into Python
+# (build.sh fuzz does it; see README "Fuzzing"). A build with other flags than the last one
+# rebuilds every module.
+ASAN = os.environ.get("TAPIO_ASAN") == "1"
+SANITIZE = ["-fsanitize=address,fuzzer-no-link", "-fno-omit-frame-pointer", "-g", "-O1"] if ASAN else []
+# Linked without the sanitizer: its runtime comes preloaded (atheris' asan_with_fuzzer.so), and
+# a -shared link with -fsanitize wants clang's static parts, which Debian keeps in another package.
+FLAGS_STAMP = os.path.join(HERE, "build", "core-flags")
 
 
 def pkg_config(*args):
@@ -48,7 +57,7 @@ def extensions():
             f"tapio._fast.{module}",
             [source],
             include_dirs=["bpf"],
-            extra_compile_args=cflags + ["-Wno-unused-function"],
+            extra_compile_args=cflags + ["-Wno-unused-function"] + SANITIZE,
             extra_link_args=libs,
         ))
     if not have_pyx:
@@ -78,7 +87,18 @@ class BuildExtWithProto(build_ext):
 
     def run(self):
         generate_proto()
+        flags = " ".join(SANITIZE)
+        try:
+            with open(FLAGS_STAMP) as f:
+                last = f.read()
+        except OSError:
+            last = ""
+        if last != flags:
+            self.force = True
         super().run()
+        os.makedirs(os.path.dirname(FLAGS_STAMP), exist_ok=True)
+        with open(FLAGS_STAMP, "w") as f:
+            f.write(flags)
 
 
 def generate_proto():

@@ -14,6 +14,10 @@ several runs of:
   decode: ours (DecodedBatch.parse + checksum(), which reads every number and string length of
           every record in C) against the library's ParseFromString + reading the same fields in
           Python, and against a pure-Python `struct` decoder of the raw kernel records.
+
+and what redaction of secrets in argv costs where it runs, as records enter the arena (ring
+buffer -> arena, the raw mix), off against on, over the mix's commands (no secrets: every
+argument is scanned, nothing replaced) and over the same commands with a secret each.
 """
 import argparse
 import random
@@ -27,6 +31,7 @@ from _common import best_rate, machine, print_table, write_json
 from tapio._fast import codec
 from tapio._fast.arena import EventArena
 from tapio._fast.codec import BatchEncoder, DecodedBatch, encode_field
+from tapio._fast.redaction import Redactor
 from tapio.v1 import events_pb2, stream_pb2
 
 BATCH = 512
@@ -276,6 +281,49 @@ def measure_mix(mix, batches, blobs, seconds):
     return results, sum(map(len, wire)) / n
 
 
+SECRET_ARGS = [["--password=hunter2"], ["--token", "ghp_0123456789abcdef"],
+               ["https://admin:pw@registry.internal/v2/"], ["-H", "Authorization: Bearer eyJhbGciOi"]]
+
+
+def with_secret(raw, rnd):
+    """An exec record whose argv ends in a secret (other records as they are)."""
+    if struct.unpack_from("<I", raw, 16)[0] != EXEC:
+        return raw
+    argc, size, flags, pad, filename, args = BODY[EXEC].unpack_from(raw, HEADER.size)
+    extra = rnd.choice(SECRET_ARGS)
+    args = (args[:size] + b"".join(a.encode() + b"\0" for a in extra))[:256]
+    return raw[:HEADER.size] + BODY[EXEC].pack(argc + len(extra), len(args), flags, pad, filename, args)
+
+
+def measure_redaction(batches, seconds):
+    rnd = random.Random(99)
+    plain = [raws for raws, _ in batches]
+    secret = [[with_secret(r, rnd) for r in raws] for raws in plain]
+    n = sum(map(len, plain))
+    results = []
+    for argv, record_batches in (("no secrets", plain), ("a secret each", secret)):
+        for state, redactor in (("off", None), ("on", Redactor())):
+            arena = EventArena(BATCH)
+            arena.set_redactor(redactor)
+
+            def fill_all():
+                start = time.perf_counter()
+                for raws in record_batches:
+                    arena.clear()
+                    for raw in raws:
+                        arena.push_bytes(raw)
+                return time.perf_counter() - start
+            rate, runs = best_rate(fill_all, n, seconds)
+            results.append({"operation": "ring buffer -> arena", "argv": argv, "redaction": state,
+                            "events_per_s": round(rate), "runs": runs})
+    for r in results:
+        off = next(x for x in results if x["argv"] == r["argv"] and x["redaction"] == "off")
+        execs = sum(1 for raws in plain for raw in raws if struct.unpack_from("<I", raw, 16)[0] == EXEC)
+        # the extra time per exec event (the only kind redaction looks at)
+        r["ns_per_exec_event"] = round((n / r["events_per_s"] - n / off["events_per_s"]) / execs * 1e9)
+    return results
+
+
 def run(n, seconds):
     measurements, wire_bytes, ratios = [], {}, {}
     for mix, enriched in (("raw", 0.0), ("semantic", 0.5)):
@@ -285,6 +333,8 @@ def run(n, seconds):
         for r in results:
             if r["implementation"].startswith("tapio"):
                 ratios[f"{r['operation']}/{mix}"] = r["vs_library"]
+        if mix == "raw":
+            redaction = measure_redaction(batches, seconds)
     return {
         "benchmark": "codec",
         "events": n, "batch_size": BATCH, "mix_percent": {TYPE_NAMES[t]: p for t, p in MIX},
@@ -295,6 +345,7 @@ def run(n, seconds):
         "protobuf": {"version": google.protobuf.__version__, "backend": api_implementation.Type()},
         "measurements": measurements,
         "ratios_vs_library": ratios,
+        "redaction": redaction,
     }
 
 
@@ -314,6 +365,9 @@ def main():
     print_table(["operation", "mix", "implementation", "events/s", "vs library"],
                 [(r["operation"], r["mix"], r["implementation"], f"{r['events_per_s']:,}",
                   f"{r['vs_library']}x") for r in report["measurements"]])
+    print_table(["operation", "argv", "redaction", "events/s", "ns per exec event"],
+                [(r["operation"], r["argv"], r["redaction"], f"{r['events_per_s']:,}",
+                  r["ns_per_exec_event"]) for r in report["redaction"]])
     if args.json:
         write_json(args.json, report)
 

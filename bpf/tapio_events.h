@@ -44,6 +44,7 @@ struct tapio_header {
 };
 
 #define TAPIO_EXEC_ARGS_TRUNCATED 1u /* argv did not fit into args[] */
+#define TAPIO_EXEC_ARGS_REDACTED 2u  /* set by the collector: secrets in args[] were replaced */
 
 struct tapio_exec {
 	struct tapio_header hdr;

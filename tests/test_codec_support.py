@@ -161,6 +161,7 @@ def expected_event(fields, seq, boot_to_wall, repeat=1, context=None, process=No
         d.args.extend(scrub(a) for a in split_args(args))
         d.args_count = g("args_count")
         d.args_truncated = bool(g("flags") & 1)
+        d.args_redacted = bool(g("flags") & 2)
     elif t == EXIT:
         d.exit_code = g("exit_code")
         d.signal = g("signal")
@@ -253,6 +254,8 @@ def expected_dict(e, node="", collector="", batch_id=0):
         if which == "exec":
             v = {"filename": d.filename, "args": list(d.args), "args_count": d.args_count,
                  "args_truncated": d.args_truncated}
+            if d.args_redacted:
+                v["args_redacted"] = True
         elif which == "exit":
             v = {"exit_code": d.exit_code, "signal": d.signal, "signal_name": _signal_name(d.signal),
                  "core_dumped": d.core_dumped, "start_time_ns": d.start_time_ns,
@@ -411,7 +414,7 @@ def library_events(draw):
     if which == "exec":
         d.filename = draw(text)
         d.args.extend(draw(st.lists(st.text(max_size=8), max_size=6)))
-        d.args_count, d.args_truncated = draw(u32), draw(st.booleans())
+        d.args_count, d.args_truncated, d.args_redacted = draw(u32), draw(st.booleans()), draw(st.booleans())
     elif which == "exit":
         d.exit_code, d.signal, d.core_dumped = draw(s32), draw(st.integers(0, 70)), draw(st.booleans())
         d.start_time_ns, d.duration_ns = draw(u64), draw(u64)

@@ -1,5 +1,6 @@
 from libc.stdint cimport uint32_t, uint64_t, UINT32_MAX, UINT64_MAX
 from libc.string cimport memcpy
+from tapio._fast.redact cimport redact_config, redact_exec
 from tapio._fast.events cimport (
     tapio_event, tapio_header, tapio_exec, tapio_exit, tapio_tcp, tapio_oom, tapio_signal,
     TAPIO_EVENT_EXEC, TAPIO_EVENT_EXIT, TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_ACCEPT,
@@ -39,6 +40,7 @@ cdef struct arena_t:
     uint32_t *ctx_len
     const char **proc_ptr
     uint32_t *proc_len
+    const redact_config *redact     # secrets out of argv as exec events come in; NULL: kept
 
 
 # arena_push() results
@@ -135,6 +137,7 @@ cdef inline int arena_push(arena_t *a, const void *data, size_t size) noexcept n
     The ring buffer promises no alignment, so the header is read through memcpy; the record must
     have exactly the size its type declares."""
     cdef tapio_header hdr
+    cdef tapio_event *e
     if size < sizeof(tapio_header):
         a.malformed += 1
         return PUSH_MALFORMED
@@ -142,9 +145,13 @@ cdef inline int arena_push(arena_t *a, const void *data, size_t size) noexcept n
     if size != event_size(hdr.type):
         a.malformed += 1
         return PUSH_MALFORMED
-    memcpy(arena_claim(a), data, size)
+    e = arena_claim(a)
+    memcpy(e, data, size)
+    if hdr.type == TAPIO_EVENT_EXEC and a.redact != NULL:
+        redact_exec(a.redact, &e.exec)   # here, so that no path and no reader sees the secret
     return PUSH_FULL if a.count >= a.limit else PUSH_OK
 
 
 cdef class EventArena:
     cdef arena_t c
+    cdef object redactor            # owns the config that c.redact points at

@@ -3,6 +3,7 @@
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport uint32_t
 from tapio._fast.events cimport tapio_event
+from tapio._fast.redaction cimport Redactor
 
 SLOT_SIZE = sizeof(tapio_event)
 
@@ -14,6 +15,7 @@ cdef class EventArena:
             raise ValueError("an event arena needs a capacity of at least 1 slot")
         self.c.capacity = capacity
         self.c.limit = capacity
+        self.c.redact = NULL
         self.c.slots = <char *>PyMem_Calloc(capacity, sizeof(tapio_event))
         self.c.repeat = <uint32_t *>PyMem_Calloc(capacity, sizeof(uint32_t))
         self.c.totals = <slot_totals *>PyMem_Calloc(capacity, sizeof(slot_totals))
@@ -64,6 +66,13 @@ cdef class EventArena:
     def clear(self):
         """Forget the events; every push overwrites its slot, so nothing is zeroed."""
         self.c.count = 0
+
+    def set_redactor(self, Redactor redactor):
+        """Redact the argv of every exec event pushed from now on (None: keep argv as it is).
+        The kernel's records and push_bytes() both come in through arena_push(); synthetic
+        events, made in place, carry no argv of a real process."""
+        self.redactor = redactor
+        self.c.redact = &redactor.cfg if redactor is not None else NULL
 
     def push_bytes(self, const unsigned char[::1] record not None):
         """Append one record in kernel layout (tests, synthetic sources). False when the arena is

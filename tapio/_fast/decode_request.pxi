@@ -26,12 +26,32 @@ cdef inline int grow(void **array, uint32_t *cap, size_t item, size_t need) noex
     return 0
 
 
+# What a collector can put into a string at most, in bytes. The kernel's fields are fixed
+# (bpf/tapio_events.h), and each byte that is not UTF-8 becomes U+FFFD (3 bytes) on the way;
+# paths and command lines read from /proc are bounded by PATH_MAX and the collector's 4 KiB
+# cmdline read, names and ids by what Kubernetes and the flags allow. Longer is not something a
+# collector sent: the request is refused (DecodeError, INVALID_ARGUMENT), nothing is cut.
+cdef enum:
+    MAX_ID_BYTES = 128          # Event.id
+    MAX_COMM_BYTES = 64         # comm, trigger_comm, sender_comm: TASK_COMM_LEN 16, x3
+    MAX_KERNEL_PATH_BYTES = 1024    # ExecDetails.filename (256, x3); one argv element (256, x3)
+    MAX_ARGS = 256              # argv elements: each takes a byte of the kernel's 256 at least
+    MAX_ARGS_BYTES = 1024       # all of argv (256, x3, with room for *** of redaction)
+    MAX_ADDRESS_BYTES = 64      # saddr, daddr (16)
+    MAX_CGROUP_NAME_BYTES = 256     # memcg_name (64, x3)
+    MAX_PROC_TEXT_BYTES = 16384     # executable, command_line, context strings (4096, x3)
+    MAX_NAME_BYTES = 1024       # user, collector_id, node_name, a label's key or value
+    MAX_LABELS = 1024           # labels of one Context
+
+
 cdef inline const uint8_t *get_ref(const tapio_batch *b, const uint8_t *p, const uint8_t *end,
-                                   tapio_ref *ref, wire_error *err) noexcept nogil:
-    """A string or bytes field, referenced where it is in the input."""
+                                   tapio_ref *ref, uint32_t max_len, wire_error *err) noexcept nogil:
+    """A string or bytes field of at most max_len bytes, referenced where it is in the input."""
     cdef const uint8_t *body = NULL
     p = get_len(p, end, &body, err)
     if p != NULL:
+        if <size_t>(p - body) > max_len:
+            return wire_fail(err, WIRE_TOO_LONG, body)
         ref.off = <uint32_t>(body - b.buf)
         ref.len = <uint32_t>(p - body)
     return p
@@ -69,6 +89,8 @@ cdef inline const uint8_t *parse_label(const uint8_t *p, const uint8_t *end, wir
             return wire_fail_in(err, "Label", 0)
         if tag == 0x0a or tag == 0x12:
             p = get_len(p, end, &body, err)
+            if p != NULL and <size_t>(p - body) > MAX_NAME_BYTES:
+                p = wire_fail(err, WIRE_TOO_LONG, body)
         else:
             p = skip_other(p, end, tag, field_mask(1, 2), err)
         if p == NULL:
@@ -87,12 +109,14 @@ cdef inline const uint8_t *parse_context(const tapio_batch *b, const uint8_t *p,
         field = tag >> 3
         if tag == (11 << 3 | WT_LEN):  # labels
             p = get_len(p, end, &body, err)
-            if p != NULL and parse_label(body, p, err) != NULL:
+            if c.n_labels >= MAX_LABELS:
+                p = wire_fail(err, WIRE_TOO_LONG, body)
+            elif p != NULL and parse_label(body, p, err) != NULL:
                 c.n_labels += 1
             else:
                 p = NULL
         elif tag & 7 == WT_LEN and 1 <= field <= 12:  # the string fields
-            p = get_ref(b, p, end, &c.fields[field], err)
+            p = get_ref(b, p, end, &c.fields[field], MAX_PROC_TEXT_BYTES, err)
         else:
             p = skip_other(p, end, tag, field_mask(1, 12), err)
         if p == NULL:
@@ -118,11 +142,11 @@ cdef inline const uint8_t *parse_process(const tapio_batch *b, const uint8_t *p,
         if p == NULL:
             return wire_fail_in(err, "Process", 0)
         if tag == 0x0a:
-            p = get_ref(b, p, end, &proc.executable, err)
+            p = get_ref(b, p, end, &proc.executable, MAX_PROC_TEXT_BYTES, err)
         elif tag == 0x12:
-            p = get_ref(b, p, end, &proc.command_line, err)
+            p = get_ref(b, p, end, &proc.command_line, MAX_PROC_TEXT_BYTES, err)
         elif tag == 0x1a:
-            p = get_ref(b, p, end, &proc.user, err)
+            p = get_ref(b, p, end, &proc.user, MAX_NAME_BYTES, err)
         elif tag == 0x20:  # ancestors, one per field (unpacked)
             p = get_varint(p, end, &v, err)
             if p != NULL:
@@ -155,16 +179,22 @@ cdef inline const uint8_t *parse_exec(const tapio_batch *b, const uint8_t *p, co
         if p == NULL:
             return wire_fail_in(err, "ExecDetails", 0)
         if tag == 0x0a:
-            p = get_ref(b, p, end, &x.filename, err)
+            p = get_ref(b, p, end, &x.filename, MAX_KERNEL_PATH_BYTES, err)
         elif tag == 0x12:  # argv: counted here, read on demand
             p = get_len(p, end, &body, err)
-            x.n_args += 1
+            if p != NULL:
+                x.args_bytes += <uint32_t>(p - body)
+                x.n_args += 1
+                if x.n_args > MAX_ARGS or x.args_bytes > MAX_ARGS_BYTES:
+                    p = wire_fail(err, WIRE_TOO_LONG, body)
         elif tag == 0x18:
             p = get_u32(p, end, &x.args_count, err)
         elif tag == 0x20:
             p = get_bool(p, end, &x.args_truncated, err)
+        elif tag == 0x28:
+            p = get_bool(p, end, &x.args_redacted, err)
         else:
-            p = skip_other(p, end, tag, field_mask(1, 4), err)
+            p = skip_other(p, end, tag, field_mask(1, 5), err)
         if p == NULL:
             return wire_fail_in(err, "ExecDetails", tag >> 3)
     return p
@@ -204,9 +234,9 @@ cdef inline const uint8_t *parse_tcp(const tapio_batch *b, const uint8_t *p, con
         if tag == 0x08:
             p = get_u32(p, end, <uint32_t *>&x.family, err)
         elif tag == 0x12:
-            p = get_ref(b, p, end, &x.saddr, err)
+            p = get_ref(b, p, end, &x.saddr, MAX_ADDRESS_BYTES, err)
         elif tag == 0x1a:
-            p = get_ref(b, p, end, &x.daddr, err)
+            p = get_ref(b, p, end, &x.daddr, MAX_ADDRESS_BYTES, err)
         elif tag == 0x20:
             p = get_u32(p, end, &x.sport, err)
         elif tag == 0x28:
@@ -240,11 +270,11 @@ cdef inline const uint8_t *parse_oom(const tapio_batch *b, const uint8_t *p, con
         if tag == 0x08:
             p = get_u32(p, end, &x.trigger_pid, err)
         elif tag == 0x12:
-            p = get_ref(b, p, end, &x.trigger_comm, err)
+            p = get_ref(b, p, end, &x.trigger_comm, MAX_COMM_BYTES, err)
         elif tag == 0x18:
             p = get_varint(p, end, &x.memcg_id, err)
         elif tag == 0x22:
-            p = get_ref(b, p, end, &x.memcg_name, err)
+            p = get_ref(b, p, end, &x.memcg_name, MAX_CGROUP_NAME_BYTES, err)
         elif tag == 0x28:
             p = get_varint(p, end, &x.memcg_limit_bytes, err)
         elif tag == 0x30:
@@ -274,7 +304,7 @@ cdef inline const uint8_t *parse_signal(const tapio_batch *b, const uint8_t *p, 
         elif tag == 0x18:
             p = get_u32(p, end, &x.sender_pid, err)
         elif tag == 0x22:
-            p = get_ref(b, p, end, &x.sender_comm, err)
+            p = get_ref(b, p, end, &x.sender_comm, MAX_COMM_BYTES, err)
         else:
             p = skip_other(p, end, tag, field_mask(1, 4), err)
         if p == NULL:
@@ -412,7 +442,7 @@ cdef inline const uint8_t *parse_event(tapio_batch *b, const uint8_t *p, const u
             return wire_fail_in(err, "Event", 0)
         field = tag >> 3
         if tag == 0x0a:
-            p = get_ref(b, p, end, &rec.id, err)
+            p = get_ref(b, p, end, &rec.id, MAX_ID_BYTES, err)
         elif tag == 0x10:
             p = get_u32(p, end, <uint32_t *>&rec.type, err)
         elif tag == 0x19:
@@ -430,7 +460,7 @@ cdef inline const uint8_t *parse_event(tapio_batch *b, const uint8_t *p, const u
         elif tag == 0x48:
             p = get_varint(p, end, &rec.cgroup_id, err)
         elif tag == 0x52:
-            p = get_ref(b, p, end, &rec.comm, err)
+            p = get_ref(b, p, end, &rec.comm, MAX_COMM_BYTES, err)
         elif tag == 0x58:
             p = get_u32(p, end, &rec.count, err)
         elif tag == 0x62:
@@ -497,7 +527,7 @@ cdef inline const uint8_t *parse_batch(tapio_batch *b, const uint8_t *p, const u
         elif tag == 0x08:
             p = get_varint(p, end, &b.batch_id, err)
         elif tag == 0x12:
-            p = get_ref(b, p, end, &b.collector_id, err)
+            p = get_ref(b, p, end, &b.collector_id, MAX_NAME_BYTES, err)
         elif tag == 0x21:
             p = get_fixed64(p, end, &b.created_at_ns, err)
         elif tag == 0x28:
@@ -505,7 +535,7 @@ cdef inline const uint8_t *parse_batch(tapio_batch *b, const uint8_t *p, const u
         elif tag == 0x30:
             p = get_u32(p, end, <uint32_t *>&b.path, err)
         elif tag == 0x3a:
-            p = get_ref(b, p, end, &b.node_name, err)
+            p = get_ref(b, p, end, &b.node_name, MAX_NAME_BYTES, err)
         elif tag == 0x40:
             p = get_varint(p, end, &b.processor_drops, err)
         elif tag == 0x48:

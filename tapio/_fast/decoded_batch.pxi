@@ -18,6 +18,7 @@ cdef dict WIRE_ERRORS = {
     WIRE_WRONG_TYPE: "a known field with the wrong wire type",
     WIRE_TOO_MANY_EVENTS: f"more than {MAX_EVENTS} events",
     WIRE_NO_MEMORY: "out of memory for the decoded records",
+    WIRE_TOO_LONG: "a string (or list) longer than a collector makes",
 }
 
 
@@ -283,8 +284,11 @@ cdef dict collapsed_dict(const tapio_collapsed_rec *c):
 cdef dict details_dict(const tapio_batch *b, const tapio_record *rec):
     cdef const tapio_details *d = &rec.d
     if rec.details == TAPIO_EVENT_EXEC:
-        return {"filename": text(b, d.exec.filename), "args": exec_args(b, &d.exec),
-                "args_count": d.exec.args_count, "args_truncated": bool(d.exec.args_truncated)}
+        x = {"filename": text(b, d.exec.filename), "args": exec_args(b, &d.exec),
+             "args_count": d.exec.args_count, "args_truncated": bool(d.exec.args_truncated)}
+        if d.exec.args_redacted:    # only then: the shape of every other exec stays as it was
+            x["args_redacted"] = True
+        return x
     if rec.details == TAPIO_EVENT_EXIT:
         return {"exit_code": d.exit.exit_code, "signal": d.exit.signal,
                 "signal_name": vocab.signal_name(d.exit.signal),

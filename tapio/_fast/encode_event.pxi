@@ -160,14 +160,16 @@ cdef inline uint8_t *args_fields_write(uint8_t *w, const tapio_exec *x) noexcept
 
 cdef inline size_t exec_size(const tapio_exec *x) noexcept nogil:
     return (sz_len(cstr_len(x.filename, TAPIO_FILENAME_LEN)) + args_fields_size(x)
-            + sz_uint(x.args_count) + (2 if x.flags & TAPIO_EXEC_ARGS_TRUNCATED else 0))
+            + sz_uint(x.args_count) + (2 if x.flags & TAPIO_EXEC_ARGS_TRUNCATED else 0)
+            + (2 if x.flags & TAPIO_EXEC_ARGS_REDACTED else 0))
 
 
 cdef inline uint8_t *exec_write(uint8_t *w, const tapio_exec *x) noexcept nogil:
     w = w_text(w, 0x0a, x.filename, cstr_len(x.filename, TAPIO_FILENAME_LEN))
     w = args_fields_write(w, x)
     w = w_uint(w, 0x18, x.args_count)
-    return w_bool(w, 0x20, x.flags & TAPIO_EXEC_ARGS_TRUNCATED)
+    w = w_bool(w, 0x20, x.flags & TAPIO_EXEC_ARGS_TRUNCATED)
+    return w_bool(w, 0x28, x.flags & TAPIO_EXEC_ARGS_REDACTED)
 
 
 # ---- exit ----
@@ -389,10 +391,10 @@ cdef enum:
     # widest: id, type, timestamp, five uint32s, cgroup id, comm, count, collapsed (tag, length,
     # two fixed64s, five uint64s, two uint32s), the details' tag and length, and the widest
     # details (exec: filename, then argv at worst 3 bytes per byte of args[] (a one-byte argument
-    # cut off without NUL), args_count, args_truncated).
+    # cut off without NUL), args_count, args_truncated, args_redacted).
     MAX_EVENT_BYTES = (2 + 5 + 20 + 2 + 9 + 5 * 6 + 11 + 2 + TAPIO_COMM_LEN + 6
                        + 2 + 2 * 9 + 5 * 11 + 2 * 6 + 2 + 2
-                       + 3 + TAPIO_FILENAME_LEN + 3 * TAPIO_ARGS_LEN + 6 + 2)
+                       + 3 + TAPIO_FILENAME_LEN + 3 * TAPIO_ARGS_LEN + 6 + 2 + 2)
 
 
 cdef inline size_t events_bound(const arena_t *a, const uint32_t *slots, size_t n) noexcept nogil:

@@ -9,6 +9,7 @@ cdef extern from "tapio_events.h" nogil:
         TAPIO_ARGS_LEN
         TAPIO_CGROUP_NAME_LEN
         TAPIO_EXEC_ARGS_TRUNCATED
+        TAPIO_EXEC_ARGS_REDACTED
 
     enum tapio_event_type:
         TAPIO_EVENT_EXEC

@@ -48,8 +48,10 @@ cdef struct tapio_exec_rec:
     tapio_ref filename
     tapio_span body           # ExecDetails bodies: field_iter over field 2 yields argv
     uint32_t n_args
+    uint32_t args_bytes       # of every argv element, for the decoder's bound
     uint32_t args_count
     uint8_t args_truncated
+    uint8_t args_redacted
 
 
 cdef struct tapio_exit_rec:

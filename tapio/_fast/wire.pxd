@@ -34,6 +34,7 @@ cdef enum:
     WIRE_WRONG_TYPE = 8        # a known field with another wire type than its declaration
     WIRE_TOO_MANY_EVENTS = 9
     WIRE_NO_MEMORY = 10
+    WIRE_TOO_LONG = 11         # a string or repeated field past what a collector can produce
 
 
 cdef struct wire_error:

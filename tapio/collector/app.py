@@ -65,7 +65,8 @@ def _make_sink(args, event_types):
     return ConnectionManager(
         servers=args.server, transport=GrpcTransport(channels, args.connect_timeout),
         buffer=buffer, hello=lambda: _hello(args, event_types),
-        backoff=Backoff(args.backoff_initial, args.backoff_max, args.backoff_multiplier))
+        backoff=Backoff(args.backoff_initial, args.backoff_max, args.backoff_multiplier),
+        pause_timeout=args.pause_timeout or None)
 
 
 async def _open_source(args):
@@ -98,7 +99,8 @@ async def _collect(args, signals):
         config = processor_config(args)
         enrichment = None
         if config.enable_semantic_path:
-            enrichment = Enrichment(args.node_name, args.enable_k8s, args.kubeconfig, args.enable_systemd)
+            enrichment = Enrichment(args.node_name, args.enable_k8s, args.kubeconfig, args.enable_systemd,
+                                    redactor=getattr(args, "redactor", None))
             cleanup.callback(enrichment.close)
             await trio.to_thread.run_sync(enrichment.start)
         processor = DualPathProcessor(config, enrichment)
@@ -112,6 +114,12 @@ async def _collect(args, signals):
         first_batch_id = max(time.time_ns() // 1000, sink.buffer.last_id() + 1) if streaming else 1
         pump = Pump(source, sink, encoder, processor, config.buffer_size, args.flush_interval,
                     first_batch_id, read_coalesce=args.read_coalesce)
+        redactor = getattr(args, "redactor", None)
+        pump.arena.set_redactor(redactor)
+        if redactor is None:
+            log.warning("Redaction is off: argv and command lines leave the node as they are")
+        else:
+            log.info("Redacting secrets in argv and command lines (%d key words)", len(redactor.words))
         if streaming:
             sink.on_configure = pump.configure
             sink.on_idle = pump.wake

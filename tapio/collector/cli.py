@@ -119,6 +119,16 @@ examples:
            help="highest reconnect backoff ceiling")
     p.flag("--backoff-multiplier", type=positive(float), default=2.0, metavar="X",
            help="backoff ceiling growth per failed round")
+    p.switch("--redact", default=True,
+             help="replace secrets in argv and command lines with *** before events leave the node "
+                  "(--no-redact or --redact=false turns it off)")
+    p.add_argument("--no-redact", dest="redact", action="store_false",
+                   help="send argv and command lines as they are (same as --redact=false)")
+    p.flag("--redact-file", metavar="PATH",
+           help="more key words whose values are secrets, one a line (added to the built-in ones)")
+    p.flag("--pause-timeout", type=non_negative(parse_duration), default="60s", metavar="DURATION",
+           help="a server's PAUSE held longer than this ends the stream and fails over to the next "
+                "--server (0: wait as long as the server says)")
     p.flag("--shutdown-timeout", type=non_negative(parse_duration), default="10s", metavar="DURATION",
            help="on SIGINT/SIGTERM, the longest the collector takes to flush and wait for the "
                 "server's acks; what is left is counted as not delivered (and stays in the spool)")
@@ -155,6 +165,13 @@ def main(argv=None):
         print("tapio-collector: nowhere to send events: pass --server HOST:PORT or --output PATH|-",
               file=sys.stderr)
         return 2
+    args.redactor = None
+    if args.redact:
+        from tapio._fast.redaction import Redactor, read_words
+        try:
+            args.redactor = Redactor(read_words(args.redact_file) if args.redact_file else ())
+        except (OSError, ValueError) as e:
+            parser.error(f"--redact-file: {e}")
     args.node_name = args.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
     args.collector_id = args.collector_id or f"{args.node_name}-collector"
 

@@ -13,6 +13,7 @@ import math
 import time
 
 import trio
+from google.protobuf.message import DecodeError
 
 from tapio.collector.backoff import Backoff
 from tapio.collector.grpc_transport import ConnectError, StreamEnded
@@ -25,6 +26,18 @@ _Ack = stream_pb2.EventAck
 _Control = stream_pb2.StreamControl
 
 CONNECTING, STREAMING, BACKING_OFF, STOPPED = "connecting", "streaming", "backing off", "stopped"
+
+
+class BadReply(ValueError):
+    """A reply that is no TapioStreamEventsResponse: the server is broken or hostile."""
+
+
+def read_reply(raw):
+    """The TapioStreamEventsResponse in `raw` (what the server sent); BadReply when it is none."""
+    try:
+        return _Response.FromString(raw)
+    except DecodeError as e:
+        raise BadReply(f"{len(raw)} bytes that are no TapioStreamEventsResponse ({e})") from None
 
 
 class DeliveryStats:
@@ -40,6 +53,8 @@ class DeliveryStats:
         self.batches_acked = 0
         self.duplicates_acked = 0        # batches a server already had
         self.reconnects = 0
+        self.bad_replies = 0             # undecodable replies (each ended its stream)
+        self.pause_timeouts = 0          # streams left because a PAUSE outlasted --pause-timeout
         self.last_sent = None            # wall time of the latest send
         self.last_ack = None
         self.paused = False
@@ -50,6 +65,7 @@ class DeliveryStats:
             "connected": self.connected, "state": self.state, "server": self.server,
             "events_sent": self.events_sent, "batches_sent": self.batches_sent,
             "batches_acked": self.batches_acked, "reconnects": self.reconnects,
+            "bad_replies": self.bad_replies, "pause_timeouts": self.pause_timeouts,
             "last_sent": self.last_sent, "paused": self.paused,
             "buffer_bytes": buffer.bytes, "buffer_batches": len(buffer),
             "events_dropped_buffer": buffer.dropped_events,
@@ -98,7 +114,8 @@ class LatencyWindow:
 
 
 class ConnectionManager:
-    def __init__(self, servers, transport, buffer, hello, backoff=None, probe_interval=5.0):
+    def __init__(self, servers, transport, buffer, hello, backoff=None, probe_interval=5.0,
+                 pause_timeout=None):
         if not servers:
             raise ValueError("at least one server is needed")
         self.servers = list(servers)
@@ -107,12 +124,15 @@ class ConnectionManager:
         self.hello = hello                    # () -> bytes of the Hello request
         self.backoff = backoff or Backoff()
         self.probe_interval = probe_interval
+        self.pause_timeout = pause_timeout    # seconds a PAUSE may last before we fail over; None: forever
         self.stats = DeliveryStats()
         self.on_configure = None              # (max_batch_size, flush_interval_s) -> None
         self.on_idle = None                   # () -> None: the last outstanding batch was acked
         self._wake = trio.Event()
         self._stream = None
         self._closing = False
+        self._paused_at = None
+        self._stream_failed = False           # the last stream ended on a bad reply or a held PAUSE
 
     # -- the pump's sink ---------------------------------------------------------------------
     def idle(self):
@@ -162,7 +182,8 @@ class ConnectionManager:
                     self._enter(BACKING_OFF)
                     await trio.sleep(wait)
                 continue
-            self.backoff.reset()
+            if not self._stream_failed:
+                self.backoff.reset()        # (a server that fails each stream keeps us backing off)
             try:
                 index = await self._stream_until_it_ends(stream, server, index)
             finally:
@@ -172,6 +193,10 @@ class ConnectionManager:
                 self.stats.paused = False
                 self.buffer.forget_sends()
             self.stats.reconnects += 1
+            if self._stream_failed:
+                wait = self.backoff.next()
+                self._enter(BACKING_OFF)
+                await trio.sleep(wait)
 
     async def _stream_until_it_ends(self, stream, server, index):
         """Returns the index of the server to connect to next."""
@@ -185,13 +210,28 @@ class ConnectionManager:
             nursery.start_soon(self._send_loop, stream)
             if index > 0:
                 nursery.start_soon(self._probe_first_server, nursery.cancel_scope)
+            self._stream_failed = False
             try:
                 while True:
-                    self._on_response(await stream.receive())
+                    raw = await self._receive_unless_paused_too_long(stream)
+                    if raw is None:
+                        log.warning("Server %s paused us for longer than %gs: failing over",
+                                    server, self.pause_timeout)
+                        self.stats.pause_timeouts += 1
+                        break
+                    self._on_response(read_reply(raw))
+                    self._stream_failed = False
             except StreamEnded as e:
                 log.warning("Stream receive error: %s", e)
                 nursery.cancel_scope.cancel()
                 return index
+            except BadReply as e:
+                log.warning("Undecodable reply from %s: %s; ending the stream", server, e)
+                self.stats.bad_replies += 1
+            # a broken or stuck server: the next one (after a backoff)
+            self._stream_failed = True
+            nursery.cancel_scope.cancel()
+            return (index + 1) % len(self.servers)
         # the probe found the first server back: leave this one for it
         log.info("First server %s is back: switching to it", self.servers[0])
         return 0
@@ -211,6 +251,15 @@ class ConnectionManager:
                 self.stats.bytes_sent += len(pending.data)
                 self.stats.last_sent = time.time()
 
+    async def _receive_unless_paused_too_long(self, stream):
+        """The next reply; None when a PAUSE has lasted pause_timeout (replies do not extend it)."""
+        if not self.stats.paused or self.pause_timeout is None:
+            return await stream.receive()
+        left = self._paused_at + self.pause_timeout - trio.current_time()
+        with trio.move_on_after(max(left, 0)):
+            return await stream.receive()
+        return None
+
     async def _probe_first_server(self, scope):
         while True:
             await trio.sleep(self.probe_interval)
@@ -218,8 +267,7 @@ class ConnectionManager:
                 scope.cancel()
                 return
 
-    def _on_response(self, raw):
-        response = _Response.FromString(raw)
+    def _on_response(self, response):
         kind = response.WhichOneof("response")
         if kind == "ack":
             self._on_ack(response.ack)
@@ -249,6 +297,7 @@ class ConnectionManager:
         if action == _Control.ACTION_PAUSE:
             if not self.stats.paused:
                 log.info("Server asked to pause sending: %s", control.reason or "no reason given")
+                self._paused_at = trio.current_time()
             self.stats.paused = True
         elif action == _Control.ACTION_RESUME:
             if self.stats.paused:

@@ -248,6 +248,13 @@ class CollectorMetrics:
             f.counter("tapio_reconnects_total", "Streams that ended (each is followed by a reconnect)",
                       ("collector", "node"))
             f.add("tapio_reconnects_total", stats.reconnects, *who)
+            f.counter("tapio_collector_bad_replies_total",
+                      "Server replies that were no TapioStreamEventsResponse (each ended its stream)",
+                      ("collector", "node"))
+            f.add("tapio_collector_bad_replies_total", stats.bad_replies, *who)
+            f.counter("tapio_collector_pause_timeouts_total",
+                      "Streams left because a server's PAUSE outlasted --pause-timeout", ("collector", "node"))
+            f.add("tapio_collector_pause_timeouts_total", stats.pause_timeouts, *who)
             f.gauge("tapio_connected", "1 while a stream to a server is up", ("collector", "node", "server"))
             f.add("tapio_connected", 1 if stats.connected else 0, *who, stats.server or "")
             f.gauge("tapio_stream_paused", "1 while the server has paused this collector", ("collector", "node"))

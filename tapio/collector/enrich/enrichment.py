@@ -13,7 +13,8 @@ log = logging.getLogger("tapio.collector.enrich")
 
 
 class Enrichment:
-    def __init__(self, node_name, enable_k8s=False, kubeconfig=None, enable_systemd=True):
+    def __init__(self, node_name, enable_k8s=False, kubeconfig=None, enable_systemd=True,
+                 redactor=None):
         self.cgroup_paths = CgroupPaths()
         self.kubernetes = None
         if enable_k8s:
@@ -21,7 +22,7 @@ class Enrichment:
             self.kubernetes = KubernetesPods(node_name, kubeconfig=kubeconfig)
         self.contexts = ContextResolver(self.cgroup_paths, self.kubernetes, node_name=node_name,
                                         enable_systemd=enable_systemd)
-        self.processes = ProcessTable(boot_to_wall_ns())
+        self.processes = ProcessTable(boot_to_wall_ns(), redactor=redactor)
         self.restarts = UnitRestarts() if enable_systemd else None
 
     def start(self):

@@ -78,9 +78,10 @@ def _command_line(raw):
     return text_from_kernel_bytes(raw.rstrip(b"\0").replace(b"\0", b" "))
 
 
-def read_process(pid, proc_root="/proc", max_command_line=MAX_COMMAND_LINE):
+def read_process(pid, proc_root="/proc", max_command_line=MAX_COMMAND_LINE, redactor=None):
     """A dict with ppid, uid, comm, executable, command_line, start_boot_ns, cgroup_path read from
-    /proc/<pid>; None when the process is gone or unreadable. Never raises."""
+    /proc/<pid>; None when the process is gone or unreadable. Never raises. With a `redactor`
+    (tapio._fast.redaction.Redactor), secrets in the command line are replaced."""
     base = f"{proc_root}/{pid}"
     try:
         stat = parse_stat(_read(f"{base}/stat", 4096))
@@ -93,7 +94,10 @@ def read_process(pid, proc_root="/proc", max_command_line=MAX_COMMAND_LINE):
     if uid is None:
         return None
     try:
-        command_line = _command_line(_read(f"{base}/cmdline", max_command_line))
+        raw = _read(f"{base}/cmdline", max_command_line)
+        if redactor is not None:
+            raw = redactor.redact_argv(raw)[0][:max_command_line]   # "x" -> "***" may grow it
+        command_line = _command_line(raw)
     except OSError:
         command_line = ""
     try:
@@ -167,12 +171,14 @@ class ProcessTable:
     tapio.collector.clock.boot_to_wall_ns). Thread-safe; never raises on bad /proc data."""
 
     def __init__(self, boot_to_wall_ns, *, proc_root="/proc", max_entries=65536, exit_grace_s=30.0,
-                 max_command_line=MAX_COMMAND_LINE, max_users=4096, clock=time.monotonic):
+                 max_command_line=MAX_COMMAND_LINE, max_users=4096, clock=time.monotonic,
+                 redactor=None):
         self.boot_to_wall_ns = int(boot_to_wall_ns)
         self._proc_root = proc_root
         self._max_entries = max(1, int(max_entries))
         self._exit_grace_s = float(exit_grace_s)
         self._max_command_line = int(max_command_line)
+        self._redactor = redactor       # secrets out of command lines read from /proc
         self._max_users = max(1, int(max_users))
         self._clock = clock
         self._lock = threading.Lock()
@@ -197,7 +203,8 @@ class ProcessTable:
         for name in names:
             if not name.isdigit():
                 continue
-            facts = read_process(int(name), self._proc_root, self._max_command_line)
+            facts = read_process(int(name), self._proc_root, self._max_command_line,
+                                 self._redactor)
             if facts is None:
                 continue   # exited since listdir
             with self._lock:
@@ -281,7 +288,8 @@ class ProcessTable:
             gone_at = self._gone.get(pid)
             if gone_at is not None and self._clock() - gone_at < self._exit_grace_s:
                 return None
-        facts = read_process(pid, self._proc_root, self._max_command_line)
+        facts = read_process(pid, self._proc_root, self._max_command_line,
+                             self._redactor)
         with self._lock:
             if facts is None:
                 self._counts["proc_read_failures"] += 1
