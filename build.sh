@@ -20,7 +20,7 @@ BPF_OBJ=tapio/_fast/tapio.bpf.o
 
 APT_BUILD=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config gcc make)
 # prometheus and chromium: a real Prometheus scrapes /metrics, a headless browser loads the dashboard
-APT_TEST=(stress-ng iproute2 prometheus chromium)
+APT_TEST=(stress-ng iproute2 prometheus chromium bpftrace)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 2; }
@@ -153,7 +153,7 @@ cmd_bench() {
     apt_install "${APT_TEST[@]}"
     mkdir -p benchmarks/results
     local names=("$@")
-    [ ${#names[@]} -eq 0 ] && names=(codec ringbuf e2e correlate)
+    [ ${#names[@]} -eq 0 ] && names=(codec ringbuf e2e correlate overhead)
     for b in "${names[@]}"; do
         [ -f "benchmarks/$b.py" ] || die "no benchmark named $b (benchmarks/*.py)"
         "$PY" "benchmarks/$b.py" --json "benchmarks/results/$b.json"
