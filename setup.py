@@ -105,7 +105,7 @@ def generate_proto():
 
 setup(
     packages=find_packages(include=["tapio", "tapio.*"]),
-    package_data={"tapio._fast": ["tapio.bpf.o", "*.pxd"], "tapio.v1": ["*.pyi"],
+    package_data={"tapio._fast": ["tapio.bpf.o", "*.pxd", "*.pxi"], "tapio.v1": ["*.pyi"],
                   "tapio.server": ["dashboard/*.html", "dashboard/*.js", "dashboard/*.css",
                                    "dashboard/*.svg"]},
     # MANIFEST.in puts the generated C in the sdist to build from; installs need only the .so

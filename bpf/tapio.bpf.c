@@ -4,7 +4,7 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Userspace overwrites this in the object's .rodata before load (tapio/_fast/bpf.pyx). */
+/* Userspace overwrites this in the object's .rodata before load (tapio/_fast/kernel.pyx). */
 const volatile struct tapio_config tapio_config = {
 	.self_tgid = 0,
 	.enabled_types = ~0u,

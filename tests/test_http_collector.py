@@ -76,6 +76,19 @@ def test_collector_serves_health_stats_and_metrics_while_streaming(tmp_path):
                       le="+Inf") == latency
         assert "process_resident_memory_bytes" in families and "process_cpu_seconds" in families
 
+        # the ledger: every event seen is in one count, in the JSON and in the metrics
+        ledger = http_json(url + "/api/v1/stats")[1]["ledger"]
+        assert ledger["unaccounted"] == 0 and ledger["seen"] > 0, ledger
+        assert ledger["seen"] == sum(ledger[k] for k in (
+            "delivered", "filtered", "collapsed", "dropped_kernel", "dropped_processor",
+            "dropped_buffer", "undelivered"))
+        families = metrics(url)
+        seen = sample(families, "tapio_ledger_events", collector="c-http", fate="seen")
+        fates = sum(sample(families, "tapio_ledger_events", collector="c-http", fate=fate)
+                    for fate in ("delivered", "filtered", "collapsed", "dropped_kernel",
+                                 "dropped_processor", "dropped_buffer"))
+        assert seen == fates + sample(families, "tapio_ledger_undelivered_events", collector="c-http")
+
         # the server counts the same collector
         server_families = metrics(server.http_url)
         assert sample(server_families, "tapio_collector_connected", collector="c-http") == 1

@@ -26,6 +26,14 @@ def test_every_struct_is_a_multiple_of_8_so_arena_slots_stay_aligned():
     assert all(t["size"] % 8 == 0 for t in HOST.values())
 
 
+def test_every_member_of_the_event_union_is_checked_here():
+    """A struct added to union tapio_event must be listed in tapio/_fast/layout.pyx (and SIZES),
+    or nothing compares what clang and the host compiler made of it."""
+    members = BPF["tapio_event"]["fields"]       # hdr, exec, exit, ... as clang laid out the union
+    checked = [name for name in HOST if name not in ("tapio_config", "tapio_event")]
+    assert len(members) == len(checked), (sorted(members), checked)
+
+
 def test_header_layout():
     assert HOST["tapio_header"]["fields"] == HEADER
 

@@ -173,3 +173,34 @@ def test_a_flood_of_routine_events_never_pushes_out_an_oom_or_a_fatal_signal():
     assert buffer.dropped_events > 0                              # the flood did overflow it
     assert sum(p.priority for p in held) == priority_sent == 10   # and no priority batch went
     assert all(p.priority for p in buffer.unsent()[:priority_sent])
+
+
+def plan_slots(records, **config):
+    cfg = ProcessorConfig(**config)
+    processor = DualPathProcessor(cfg, Recorder())
+    arena = arena_of(records, capacity=max(1, len(records)))
+    return [(plan.path, plan.priority, plan.slots, list(plan.order) if plan.order is not None else None)
+            for plan in processor.plans(arena)]
+
+
+def test_raw_plans_partition_the_round_into_ranges():
+    records = [connect(pid=100 + i, dport=1000 + i) for i in range(7)]
+    plans = plan_slots(records, enable_raw_path=True, enable_semantic_path=False, batch_size=3)
+    assert [p[2] for p in plans] == [(0, 2), (3, 5), (6, 6)]
+
+
+def test_semantic_plans_partition_the_round_and_priority_batches_carry_no_range():
+    records = [connect(pid=100 + i, dport=1000 + i) for i in range(5)]
+    records.insert(2, exit_(pid=50, signal=11))                 # a fatal signal: priority
+    records.append(connect(pid=ME))                              # our own: filtered, last slot
+    plans = plan_slots(records, semantic_batch_size=2)
+    priority = [p for p in plans if p[1]]
+    routine = [p for p in plans if not p[1]]
+    assert [(p[2], p[3]) for p in priority] == [(None, [2])]
+    assert [(p[2], p[3]) for p in routine] == [((0, 1), [0, 1]), ((2, 4), [3, 4]), ((5, 6), [5])]
+
+
+def test_a_round_with_nothing_routine_still_has_a_batch_for_its_range():
+    records = [exit_(pid=50, signal=11), connect(pid=ME)]
+    plans = plan_slots(records)
+    assert [(p[1], p[2], p[3]) for p in plans] == [(True, None, [0]), (False, (0, 1), [])]

@@ -52,6 +52,8 @@ EVENT_TYPES = {
 EVENT_TYPE_NAMES = {number: name for name, number in EVENT_TYPES.items()}
 
 # Which event types each program produces: a program none of whose types is enabled is not loaded.
+# Every program of the object must be listed (tests/test_bpf_object.py): one missing is never
+# loaded.
 _PROGRAM_TYPES = {
     b"tapio_exec": {TAPIO_EVENT_EXEC},
     b"tapio_exit": {TAPIO_EVENT_EXIT},
@@ -62,7 +64,6 @@ _PROGRAM_TYPES = {
     b"tapio_oom_victim": {TAPIO_EVENT_OOM_KILL},
     b"tapio_signal_generate": {TAPIO_EVENT_SIGNAL},
 }
-_TRACEFS_PROGRAMS = {b"tapio_accept4_exit", b"tapio_accept_exit"}
 
 DEFAULT_OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tapio.bpf.o")
 BTF_PATH = "/sys/kernel/btf/vmlinux"
@@ -211,6 +212,32 @@ cdef int _rodata_offset(bpf_object *obj, const char *name) except? -2:
         if strcmp(btf__name_by_offset(b, var.name_off), name) == 0:
             return vars[i].offset
     return -1
+
+
+def object_programs(object_path=None):
+    """The names of the programs in a BPF object file, read by libbpf without loading anything
+    (no privileges needed)."""
+    cdef bpf_object *obj
+    cdef bpf_program *prog
+    path = object_path or DEFAULT_OBJECT
+    obj = bpf_object__open_file(os.fsencode(path), NULL)
+    if obj == NULL:
+        raise _bpf_error(c_errno, f"cannot open BPF object {path}")
+    names = []
+    try:
+        prog = bpf_object__next_program(obj, NULL)
+        while prog != NULL:
+            names.append(bpf_program__name(prog).decode())
+            prog = bpf_object__next_program(obj, prog)
+    finally:
+        bpf_object__close(obj)
+    return names
+
+
+def program_types():
+    """{program name: the event type names it produces}: the loader's table."""
+    return {name.decode(): {EVENT_TYPE_NAMES[t] for t in types}
+            for name, types in _PROGRAM_TYPES.items()}
 
 
 cdef class KernelProbes:

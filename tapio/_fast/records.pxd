@@ -1,6 +1,6 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
-# Decoded events as C records (filled by decode.pxd, owned by codec.DecodedBatch). A consumer in
-# Cython (the correlation engine) loops over them in nogil C:
+# Decoded events as C records (filled by decode_request.pxi, owned by codec.DecodedBatch). A
+# consumer in Cython (the correlation engine) loops over them in nogil C:
 #
 #     from tapio._fast.codec cimport DecodedBatch
 #     from tapio._fast.records cimport tapio_record, record_process, ...

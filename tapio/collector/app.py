@@ -13,7 +13,8 @@ from tapio.flags import ConfigError
 from tapio._fast.codec import BatchEncoder
 from tapio.collector.clock import boot_to_wall_ns
 from tapio.collector.ebpf_source import EbpfSource
-from tapio.collector.enrichment import Enrichment
+from tapio.collector.enrich import Enrichment
+from tapio.collector.ledger import summary
 from tapio.collector.processor import DualPathProcessor, ProcessorConfig
 from tapio.collector.pump import Pump
 from tapio.v1 import stream_pb2
@@ -78,13 +79,10 @@ async def _open_source(args):
 def processor_config(args):
     return ProcessorConfig(
         raw_buffer_size=args.buffer_size, semantic_buffer_size=args.buffer_size,
-        worker_count=args.worker_count, batch_size=args.batch_size,
-        flush_interval=args.flush_interval,
+        batch_size=args.batch_size,
         enable_raw_path=args.correlation in ("raw", "both"),
         enable_semantic_path=args.correlation in ("semantic", "both"),
-        tapio_server_addr=",".join(args.server or []),
-        semantic_batch_size=args.semantic_batch_size, max_memory_usage=args.max_memory,
-        metrics_interval=args.metrics_interval, exclude_comms=tuple(args.exclude_comm),
+        semantic_batch_size=args.semantic_batch_size, exclude_comms=tuple(args.exclude_comm),
         include_cgroups=tuple(args.include_cgroup))
 
 
@@ -111,43 +109,70 @@ async def _collect(args, signals):
         streaming = hasattr(sink, "run")
         # new batch ids follow the wall clock (in microseconds) and whatever the spool gave back
         first_batch_id = max(time.time_ns() // 1000, sink.buffer.last_id() + 1) if streaming else 1
-        pump = Pump(source, sink, encoder, processor, config.buffer_size, config.flush_interval,
+        pump = Pump(source, sink, encoder, processor, config.buffer_size, args.flush_interval,
                     first_batch_id, read_coalesce=args.read_coalesce)
         if streaming:
             sink.on_configure = pump.configure
             sink.on_idle = pump.wake
             log.info("eBPF collector enabled with gRPC connection to %s", ",".join(args.server))
-        http = _http(args, pump, source, sink, processor)    # bound now: a taken port is one line
+        ledger = pump.ledger
+        http = _http(args, pump, source, sink, processor, ledger)   # bound now: a taken port is one line
+        shutdown = Shutdown(pump, args.shutdown_timeout)
         async with trio.open_nursery() as nursery:
             if http is not None:
                 url = await nursery.start(http.run)
                 log.info("HTTP on %s (/metrics, /healthz, /readyz, /api/v1/stats)", url)
-            nursery.start_soon(_stop_on_signals, signals, pump, nursery.cancel_scope)
+            nursery.start_soon(_stop_on_signals, signals, shutdown, nursery.cancel_scope)
             nursery.start_soon(_log_metrics, pump, sink, args.metrics_interval)
             if streaming:
                 nursery.start_soon(sink.run)
             await pump.run()
             source.close()      # detached: nothing new is read while the acks come in
-            if streaming and not await sink.wait_acked(args.shutdown_timeout):
-                log.warning("%d batches were not acked within %gs", len(sink.buffer), args.shutdown_timeout)
+            if streaming and not await sink.wait_acked(shutdown.remaining()):
+                log.warning("%d batches were not acked within %gs", sink.buffer.outstanding,
+                            args.shutdown_timeout)
             nursery.cancel_scope.cancel()
-    stats = pump.stats
-    shaped = processor.stats()
-    print(f"tapio-collector: {stats.events} events seen, {stats.kernel_drops} dropped in the kernel"
-          + (f", {shaped['filtered']} filtered, {shaped['collapsed']} collapsed into repeats"
-             if shaped else "")
-          + (f", {sink.stats.events_sent} delivered, {sink.buffer.dropped_events} dropped from the "
-             f"send buffer" if streaming else ""), file=sys.stderr)
+    buffer = getattr(sink, "buffer", None)
+    restored = None
+    if buffer is not None and buffer.restored_events:
+        restored = {"delivered": buffer.restored_delivered, "dropped": buffer.restored_dropped}
+    print(summary(ledger.totals(), spooled=bool(args.spool_dir) and streaming, restored=restored),
+          file=sys.stderr)
     return 0
 
 
-def _http(args, pump, source, sink, processor):
+class Shutdown:
+    """The shutdown timeout runs from the first SIGINT/SIGTERM (or from the end of a bounded
+    source): draining, waiting for acks and taking everything down fit in it. The last tenth
+    of it (half a second at most) is left for taking down: detaching the probes, closing the
+    spool and the stream."""
+
+    def __init__(self, pump, timeout):
+        self.pump = pump
+        self.timeout = timeout
+        self.deadline = None
+
+    def _start(self):
+        if self.deadline is None:
+            self.deadline = trio.current_time() + self.timeout - min(0.5, self.timeout / 10)
+
+    def begin(self):
+        self._start()
+        self.pump.stop()
+
+    def remaining(self):
+        """How long the acks may still be waited for."""
+        self._start()
+        return max(0.0, self.deadline - trio.current_time())
+
+
+def _http(args, pump, source, sink, processor, ledger):
     """/healthz, /readyz, /metrics and /api/v1/stats (hypercorn), its socket bound; None with
     --http-port 0."""
     if not getattr(args, "http_port", 0):
         return None
     from tapio.collector.http_app import CollectorHttp, CollectorSurface
-    http = CollectorHttp(CollectorSurface(args, pump, source, sink, processor),
+    http = CollectorHttp(CollectorSurface(args, pump, source, sink, processor, ledger),
                          args.http_host, args.http_port)
     http.bind()
     return http
@@ -173,13 +198,14 @@ async def _log_metrics(pump, sink, interval):
                 send_latency_p99_ms=stats["send_latency_ms"]["p99"]))
 
 
-async def _stop_on_signals(signals, pump, scope):
-    """First SIGINT/SIGTERM: stop reading the kernel, flush, wait for acks, exit.
-    A second one: exit now."""
+async def _stop_on_signals(signals, shutdown, scope):
+    """First SIGINT/SIGTERM: stop reading the kernel, flush, wait for acks (within the shutdown
+    timeout), exit. A second one: exit now. Either way the exit summary counts every event."""
     async for signum in signals:
-        if pump.stopping:
+        if shutdown.pump.stopping:
             log.warning("second %s: exiting without flushing", signal.Signals(signum).name)
             scope.cancel()
             return
-        log.info("%s: detaching and flushing", signal.Signals(signum).name)
-        pump.stop()
+        log.info("%s: detaching and flushing (at most %gs)", signal.Signals(signum).name,
+                 shutdown.timeout)
+        shutdown.begin()

@@ -120,7 +120,8 @@ examples:
     p.flag("--backoff-multiplier", type=positive(float), default=2.0, metavar="X",
            help="backoff ceiling growth per failed round")
     p.flag("--shutdown-timeout", type=non_negative(parse_duration), default="10s", metavar="DURATION",
-           help="on SIGTERM, how long to wait for the server's acks")
+           help="on SIGINT/SIGTERM, the longest the collector takes to flush and wait for the "
+                "server's acks; what is left is counted as not delivered (and stays in the spool)")
     p.flag("--http-port", type=port, default=9091, metavar="PORT",
            help="HTTP port of /metrics, /healthz, /readyz and /api/v1/stats (0: no HTTP)")
     p.flag("--http-host", default="0.0.0.0", metavar="ADDR", help="address HTTP listens on")
@@ -160,7 +161,7 @@ def main(argv=None):
     from tapio._fast.kernel import BpfError
     from tapio.collector import app
     try:
-        return app.run(args)
+        code = app.run(args)
     except BpfError as e:
         print(f"tapio-collector: {e.strerror}", file=sys.stderr)
         return 2
@@ -172,6 +173,13 @@ def main(argv=None):
             print(f"tapio-collector: cannot open {e.filename}: {e.strerror}", file=sys.stderr)
             return 2
         raise
+    # Everything is closed and flushed by now (probes, spool, stream, output). The
+    # interpreter's own exit (grpc's shutdown among it) can take another second or more on a
+    # busy host, and the shutdown timeout is a promise: leave at once.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

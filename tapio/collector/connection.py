@@ -130,6 +130,13 @@ class ConnectionManager:
     def take_buffer_drops(self):
         return self.buffer.take_dropped_since_batch()
 
+    def ledger(self, open_events=True):
+        """This run's events by fate: the sink's part of the collector's ledger (without
+        open_events, undelivered is left out: counting it walks the buffer)."""
+        b = self.buffer
+        return {"delivered": b.delivered_events, "dropped_buffer": b.dropped_events,
+                "undelivered": b.undelivered_events() if open_events else 0}
+
     # -- the state machine -------------------------------------------------------------------
     def _enter(self, state, server=None):
         if state != self.stats.state or server != self.stats.server:

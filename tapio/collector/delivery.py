@@ -12,19 +12,25 @@ slow server holds the rest here, where the bound applies, instead of in gRPC's q
 Every dropped event is counted, and only once it is surely lost. Unsent batches make room
 first. When only batches on the wire are left to go, one is let go: its ack may still come, and
 then its events count as delivered after all; if the stream ends first, they count as dropped.
+
+The buffer keeps this run's part of the collector's ledger: every event added is, at any time,
+delivered (acked, also as a duplicate: the server had it), dropped, or undelivered (held, or
+let go on the wire with its fate unknown). Batches restored from the spool were seen by an
+earlier run: they are counted apart (`restored_*`), so this run's ledger stays closed.
 """
 import collections
 
 
 class Pending:
-    __slots__ = ("batch_id", "data", "events", "priority", "sent_at")
+    __slots__ = ("batch_id", "data", "events", "priority", "sent_at", "restored")
 
-    def __init__(self, batch_id, data, events, priority=False):
+    def __init__(self, batch_id, data, events, priority=False, restored=False):
         self.batch_id = batch_id
         self.data = data
         self.events = events
         self.priority = priority
         self.sent_at = None          # monotonic time of the latest send, None when not sent yet
+        self.restored = restored     # from the spool of an earlier run
 
 
 class DeliveryBuffer:
@@ -41,8 +47,13 @@ class DeliveryBuffer:
         self._unconfirmed = collections.OrderedDict()
         self._max_unconfirmed = max_unconfirmed
         self.bytes = 0
+        self.added_events = 0        # this run's events, and what became of them
+        self.delivered_events = 0
         self.dropped_events = 0
         self.dropped_batches = 0
+        self.restored_events = 0     # events of batches an earlier run left in the spool
+        self.restored_delivered = 0
+        self.restored_dropped = 0
         self._dropped_since_batch = 0
         self.spool = spool           # optional on-disk copy (spool.Spool): mirrors this buffer
 
@@ -54,19 +65,24 @@ class DeliveryBuffer:
         """Batches whose fate is not known yet: held, or let go while on the wire."""
         return len(self._pending) + len(self._unconfirmed)
 
-    def add(self, batch_id, data, events, priority=False):
+    def add(self, batch_id, data, events, priority=False, restored=False):
         """Keep a new batch. Returns it, or None when the policy dropped it."""
+        item = Pending(batch_id, data, events, priority, restored)
+        if restored:
+            self.restored_events += events
+        else:
+            self.added_events += events
         size = len(data)
         if size > self.max_bytes:
-            self._lost(events)
+            self._lost(item)
             return None
         while self.bytes + size > self.max_bytes:
             victim = self._victim(priority)
             if victim is None:
-                self._lost(events)
+                self._lost(item)
                 return None
             self._let_go(victim)
-        item = self._pending[batch_id] = Pending(batch_id, data, events, priority)
+        self._pending[batch_id] = item
         self.bytes += size
         if self.spool is not None:
             self.spool.append(batch_id, data, events)
@@ -77,7 +93,7 @@ class DeliveryBuffer:
         spool, self.spool = self.spool, None     # they are on disk already
         try:
             for batch_id, data, events in batches:
-                self.add(batch_id, data, events)
+                self.add(batch_id, data, events, restored=True)
         finally:
             self.spool = spool
         if spool is not None:
@@ -114,19 +130,29 @@ class DeliveryBuffer:
         if self.spool is not None:
             self.spool.ack(pending.batch_id)
         if pending.sent_at is None:
-            self._lost(pending.events)
+            self._lost(pending)
             return
         self.in_flight_bytes -= len(pending.data)
         pending.data = b""
         self._unconfirmed[pending.batch_id] = pending
         if len(self._unconfirmed) > self._max_unconfirmed:
             _, oldest = self._unconfirmed.popitem(last=False)
-            self._lost(oldest.events)
+            self._lost(oldest)
 
-    def _lost(self, events):
-        self.dropped_events += events
+    def _lost(self, pending):
         self.dropped_batches += 1
-        self._dropped_since_batch += events
+        if pending.restored:
+            self.restored_dropped += pending.events
+            return
+        self.dropped_events += pending.events
+        self._dropped_since_batch += pending.events
+
+    def _delivered(self, pending):
+        if pending.restored:
+            self.restored_delivered += pending.events
+        else:
+            self.delivered_events += pending.events
+        return pending
 
     def ack(self, batch_id):
         """Forget an acked batch; returns it (None when unknown: acked before, or lost)."""
@@ -137,8 +163,9 @@ class DeliveryBuffer:
                 self.in_flight_bytes -= len(item.data)
             if self.spool is not None:
                 self.spool.ack(batch_id)
-            return item
-        return self._unconfirmed.pop(batch_id, None)
+            return self._delivered(item)
+        item = self._unconfirmed.pop(batch_id, None)
+        return self._delivered(item) if item is not None else None
 
     def unsent(self):
         """Batches not sent on the current stream: priority ones first, each kind oldest first."""
@@ -151,8 +178,13 @@ class DeliveryBuffer:
             p.sent_at = None
         self.in_flight_bytes = 0
         for p in self._unconfirmed.values():
-            self._lost(p.events)
+            self._lost(p)
         self._unconfirmed.clear()
+
+    def undelivered_events(self):
+        """This run's events whose fate is open: held, or let go on the wire without an ack."""
+        return sum(p.events for d in (self._pending, self._unconfirmed) for p in d.values()
+                   if not p.restored)
 
     def take_dropped_since_batch(self):
         """Events dropped here since the previous call: what the next batch reports."""

@@ -13,6 +13,10 @@ from tapio._fast.kernel import EVENT_TYPE_NAMES, KernelProbes
 log = logging.getLogger("tapio.collector.ebpf")
 
 
+# the smallest ring-buffer record: 8 bytes of libbpf's header and the common event header
+MIN_RECORD_BYTES = 64
+
+
 class EbpfSource:
     exhausted = False       # the kernel never runs out
 
@@ -20,6 +24,7 @@ class EbpfSource:
         self.probes = probes
         self._fd = probes.epoll_fd
         self._drops_seen = 0
+        self._budget = None     # after detach(): the most events fill() still reads
 
     @classmethod
     async def start(cls, event_types, ring_buffer_bytes, cgroup_allow=None):
@@ -44,7 +49,21 @@ class EbpfSource:
 
     def fill(self, arena):
         """Move what the ring buffer holds into the arena (until it is full); returns the count."""
-        return self.probes.consume(arena)
+        if self._budget is not None and self._budget <= 0:
+            return 0
+        n = self.probes.consume(arena)
+        if self._budget is not None:
+            self._budget -= n
+        return n
+
+    def detach(self):
+        """From now on read what the ring buffer holds now, not what the kernel keeps writing:
+        under a flood it writes as fast as we read, and a drain would never end. (The probes
+        stay attached until close(): what they write meanwhile is read or dropped unseen.)"""
+        try:
+            self._budget = self.probes.ring_buffer_used() // MIN_RECORD_BYTES + 1
+        except (ValueError, OSError):
+            self._budget = 0
 
     def kernel_drops_total(self):
         return sum(self.probes.kernel_drops().values())

@@ -3,7 +3,7 @@
     GET /healthz          the process answers
     GET /readyz           BPF programs attached and the stream to a server up (503 + why, if not)
     GET /metrics          Prometheus exposition
-    GET /api/v1/stats     the original's GetStatistics() fields, and more
+    GET /api/v1/stats     the original's GetStatistics() fields, the ledger, and more
 
 Everything is read at request time from the counters the pump, the source, the processor and
 the connection manager keep anyway.
@@ -25,13 +25,14 @@ class CollectorSurface:
     buffer), the processor (filtered, collapsed) and the sink (the connection manager, or the
     --output writer)."""
 
-    def __init__(self, args, pump, source, sink, processor):
+    def __init__(self, args, pump, source, sink, processor, ledger=None):
         self.collector_id = args.collector_id
         self.node = args.node_name
         self.pump = pump
         self.source = source
         self.sink = sink
         self.processor = processor
+        self.ledger = ledger if ledger is not None else pump.ledger
         self.output = getattr(args, "output", None)
         self.started = time.time()
 
@@ -62,6 +63,10 @@ class CollectorSurface:
             return probes.ring_buffer_used(), probes.ring_buffer_bytes
         except (ValueError, OSError):
             return None
+
+    def ledger_totals(self):
+        """The ledger now, with the kernel's drop counter read now (seen includes them)."""
+        return self.ledger.totals(self.kernel_drops())
 
     def processor_stats(self):
         try:
@@ -107,6 +112,8 @@ def stats_json(surface):
         "events_dropped": {"kernel": surface.kernel_drops(), "processor": 0,
                            "buffer": surface.sink.buffer.dropped_events if surface.streaming else 0},
         "processor": surface.processor_stats(),
+        # seen = delivered + filtered + collapsed + dropped_* + undelivered; unaccounted is 0
+        "ledger": surface.ledger_totals().as_dict(),
     }
     ring = surface.ring_buffer()
     if ring is not None:
@@ -196,6 +203,18 @@ class CollectorMetrics:
                   "excluded commands, cgroups) or collapsed into a repeat count", ("collector", "node", "reason"))
         for reason in ("filtered", "collapsed"):
             f.add("tapio_events_filtered_total", processor.get(reason, 0), *who, reason)
+        ledger = s.ledger_totals()
+        f.counter("tapio_ledger_events_total",
+                  "The collector's ledger: events seen (read, and dropped in the kernel) and where "
+                  "they went; seen = the other fates + tapio_ledger_undelivered_events",
+                  ("collector", "node", "fate"))
+        for fate in ("seen", "delivered", "filtered", "collapsed", "dropped_kernel",
+                     "dropped_processor", "dropped_buffer"):
+            f.add("tapio_ledger_events_total", getattr(ledger, fate), *who, fate)
+        f.gauge("tapio_ledger_undelivered_events",
+                "Events seen whose fate is open: read and not yet batched, held in the send "
+                "buffer, or on the wire without an ack", ("collector", "node"))
+        f.add("tapio_ledger_undelivered_events", ledger.undelivered, *who)
         f.counter("tapio_batches_encoded_total", "Batches the pump encoded", ("collector", "node"))
         f.add("tapio_batches_encoded_total", pump.batches, *who)
 

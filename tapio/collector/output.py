@@ -11,6 +11,10 @@ class JsonLinesSink:
     def __init__(self, path):
         self.path = path
         self._file = sys.stdout.buffer if path == "-" else open(path, "ab")
+        self.delivered = 0          # events written
+
+    def ledger(self, open_events=True):
+        return {"delivered": self.delivered, "dropped_buffer": 0, "undelivered": 0}
 
     def idle(self):
         return True     # writing is synchronous: nothing is ever in flight
@@ -24,6 +28,7 @@ class JsonLinesSink:
     async def submit(self, batch_id, data, count, priority=False):
         self._file.write(DecodedBatch.parse(data).to_json_lines())
         self._file.flush()
+        self.delivered += count
 
     def close(self):
         if self._file is not sys.stdout.buffer:

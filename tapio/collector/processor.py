@@ -6,22 +6,22 @@
   batch, which the delivery buffer sends first and drops last.
 Both can run at once (`--correlation both`); every batch says which path it came from.
 
-`ProcessorConfig` keeps the original Tapio's names and defaults; how each maps onto this design:
+`ProcessorConfig` keeps the original Tapio's names and defaults for what the processor reads:
 
 | original              | default | here                                                           |
 |-----------------------|---------|----------------------------------------------------------------|
 | raw_buffer_size       | 10000   | events read from the kernel per round when only raw runs       |
 | semantic_buffer_size  | 5000    | the same when the semantic path runs (`--buffer-size` sets both)|
-| worker_count          | 4       | no effect: per-event work is C in one thread (kept so configs   |
-|                       |         | written for the original still load)                            |
 | batch_size            | 100     | most events per raw batch (`--batch-size`)                      |
 | semantic_batch_size   | 50      | most events per semantic batch (`--semantic-batch-size`)        |
-| flush_interval        | 1s      | `--flush-interval` (adaptive: idle streams send at once)        |
 | enable_raw_path       | False   | `--correlation raw|both`                                        |
 | enable_semantic_path  | True    | `--correlation semantic|both`                                   |
-| tapio_server_addr     |         | `--server`                                                      |
-| max_memory_usage      | 512 MiB | bound of the unacked-batch buffer (`--max-memory`, 64 MiB here) |
-| metrics_interval      | 30s     | `--metrics-interval`                                            |
+
+The original's other settings belong to other parts here: flush_interval to the pump
+(`--flush-interval`), max_memory_usage to the send buffer (`--max-memory`), metrics_interval
+to the statistics log (`--metrics-interval`), tapio_server_addr to the connection manager
+(`--server`); worker_count has no counterpart (per-event work is C in one thread, and
+`--worker-count` is accepted and ignored).
 """
 import array
 import dataclasses
@@ -41,15 +41,10 @@ PATH_SEMANTIC = 2
 class ProcessorConfig:
     raw_buffer_size: int = 10000
     semantic_buffer_size: int = 5000
-    worker_count: int = 4
     batch_size: int = 100
-    flush_interval: float = 1.0
     enable_raw_path: bool = False
     enable_semantic_path: bool = True
-    tapio_server_addr: str = ""
     semantic_batch_size: int = 50
-    max_memory_usage: int = 512 << 20
-    metrics_interval: float = 30.0
     exclude_comms: tuple = ()
     include_cgroups: tuple = ()          # cgroup path prefixes; empty: every cgroup
     collapse_repeats: bool = True
@@ -65,11 +60,15 @@ class BatchPlan:
     path: int
     order: object          # slot indices (a uint32 memoryview), or None for every slot
     priority: bool = False
+    # the slots [first, last] whose events this batch accounts for (its own, and those
+    # filtered or collapsed on the way), or None: each path's plans of one round partition
+    # the round's slots, so that a server can tell a missing range
+    slots: tuple = None
 
 
 class DualPathProcessor:
     def __init__(self, config, enrichment=None):
-        """enrichment: a tapio.collector.enrichment.Enrichment (or anything with its
+        """enrichment: a tapio.collector.enrich.Enrichment (or anything with its
         contexts, processes, cgroup_paths and restarts attributes, each may be None)."""
         self.config = config
         self.contexts = getattr(enrichment, "contexts", None)
@@ -129,22 +128,34 @@ class DualPathProcessor:
         """The batches this arena's events become, in sending order. A generator: the caller
         encodes each plan before asking for the next, so the raw batch is encoded before the
         semantic pass annotates the arena's slots."""
+        n = len(arena)
         if self.config.enable_raw_path:
-            n, size = len(arena), self.config.batch_size
+            size = self.config.batch_size
             if n <= size:
-                yield BatchPlan(PATH_RAW, None)
+                yield BatchPlan(PATH_RAW, None, slots=(0, n - 1) if n else None)
             else:
                 all_slots = self._slots(n)
                 for start in range(0, n, size):
-                    yield BatchPlan(PATH_RAW, all_slots[start:start + size])
+                    end = min(start + size, n)
+                    yield BatchPlan(PATH_RAW, all_slots[start:end], slots=(start, end - 1))
         if self.semantic is not None:
             order, n_priority = self.semantic.process(arena)
             size = self.config.semantic_batch_size
             if n_priority:
+                # sent ahead of older batches, it accounts for no range: its events lie in the
+                # range of a routine batch of this round
                 yield BatchPlan(PATH_SEMANTIC, order[:n_priority], priority=True)
             routine = order[n_priority:]
+            if not len(routine):
+                if n:       # everything filtered, collapsed or priority: a batch still says so
+                    yield BatchPlan(PATH_SEMANTIC, routine, slots=(0, n - 1))
+                return
+            first = 0
             for start in range(0, len(routine), size):
-                yield BatchPlan(PATH_SEMANTIC, routine[start:start + size])
+                chunk = routine[start:start + size]
+                last = n - 1 if start + size >= len(routine) else chunk[len(chunk) - 1]
+                yield BatchPlan(PATH_SEMANTIC, chunk, slots=(first, last))
+                first = last + 1
 
     def _slots(self, n):
         """Slot indices 0..n-1, to cut a big raw round into batches."""

@@ -12,6 +12,8 @@ import trio
 
 from tapio._fast.arena import EventArena
 from tapio.collector.clock import boot_to_wall_ns
+from tapio.collector.ledger import Ledger
+from tapio.collector.processor import PATH_RAW, PATH_SEMANTIC
 
 log = logging.getLogger("tapio.collector")
 
@@ -21,6 +23,7 @@ class PumpStats:
         self.events = 0          # events taken from the source
         self.batches = 0
         self.kernel_drops = 0    # ring-buffer reserve failures
+        self.processor_drops = 0     # the processor filters and collapses, but never drops
         self.congested = 0       # rounds the pump waited for room in the send buffer
         self.last_event_id = None
 
@@ -29,6 +32,8 @@ class Pump:
     CONGESTION_POLL = 0.002      # seconds between looks at a congested sink
     def __init__(self, source, sink, encoder, processor, buffer_size, flush_interval,
                  first_batch_id=None, idle_poll=1.0, read_coalesce=0.001):
+        """The ledger follows one path's batches (see tapio.collector.ledger): the semantic
+        one when it runs; the other path's batches are submitted with 0 events to count."""
         self.source = source
         self.sink = sink
         self.encoder = encoder
@@ -43,6 +48,8 @@ class Pump:
         self._batch_id = (time.time_ns() // 1000 if first_batch_id is None else first_batch_id) - 1
         self._stopping = False
         self._wait_scope = None
+        self.ledger_path = PATH_SEMANTIC if getattr(processor, "semantic", None) is not None else PATH_RAW
+        self.ledger = Ledger(self, processor, sink)
 
     def wake(self):
         """The sink became idle: events waiting for their batch may go now (safe from any task)."""
@@ -80,6 +87,9 @@ class Pump:
             if pending and (self.arena.full or now >= deadline or self.sink.idle()):
                 await self._flush()
                 deadline = trio.current_time() + self.flush_interval
+                # a checkpoint each round: under a flood the source always has more, and the
+                # sender, the acks and the signal handler must run between rounds
+                await trio.lowlevel.checkpoint()
                 continue
             timeout = deadline - now if pending else self.idle_poll
             with trio.move_on_after(timeout) as self._wait_scope:
@@ -88,17 +98,31 @@ class Pump:
                 # than the events themselves at moderate rates
                 await trio.sleep(self.read_coalesce)
             self._wait_scope = None
+        detach = getattr(self.source, "detach", None)
+        if detach is not None:
+            detach()
         await self.drain()
 
     async def drain(self):
-        """Flush everything the source holds right now (bounded: what is there, not what comes)."""
+        """Flush everything the source holds (bounded once it is detached: what was there, not
+        what keeps coming). The kernel's drops since the latest batch go into the ledger too."""
         while True:
             moved = self.source.fill(self.arena)
             self.stats.events += moved
             if len(self.arena):
                 await self._flush()
             if not moved:
-                return
+                break
+            await trio.lowlevel.checkpoint()
+        late = self.source.kernel_drops_since_last()
+        if late:
+            # drops after the last batch: one more batch, without events, reports them
+            self.stats.kernel_drops += late
+            self._batch_id += 1
+            self.stats.batches += 1
+            data = self.encoder.encode(self.arena, self._batch_id, 0, path=self.ledger_path,
+                                       kernel_drops=late, seq_range=(0, 0), ledger=self.ledger.wire())
+            await self.sink.submit(self._batch_id, data, 0)
 
     def configure(self, batch_size=None, flush_interval=None):
         """Apply a server's StreamControl CONFIGURE: the most events per batch, on both paths,
@@ -119,14 +143,18 @@ class Pump:
         self.encoder.boot_to_wall_ns = boot_to_wall_ns()
         for plan in self.processor.plans(self.arena):
             self._batch_id += 1
-            # the processor filters and collapses by design, but never drops for lack of room:
-            # its drop count stays 0
+            # each batch says which of our sequence numbers it accounts for, so that a server
+            # can tell a range that never arrived; and where every event went so far
+            seq_range = (0, 0) if plan.slots is None else (first_seq + plan.slots[0],
+                                                           first_seq + plan.slots[1])
             data = self.encoder.encode(self.arena, self._batch_id, first_seq, path=plan.path,
                                        order=plan.order, kernel_drops=kernel_drops,
-                                       buffer_drops=buffer_drops)
+                                       buffer_drops=buffer_drops, seq_range=seq_range,
+                                       ledger=self.ledger.wire())
             kernel_drops = buffer_drops = 0          # reported once, in the first batch
             self.stats.batches += 1
-            await self.sink.submit(self._batch_id, data, n if plan.order is None else len(plan.order),
+            events = n if plan.order is None else len(plan.order)
+            await self.sink.submit(self._batch_id, data, events if plan.path == self.ledger_path else 0,
                                    plan.priority)
         self.arena.clear()
         self.stats.last_event_id = f"ebpf-{first_seq + n - 1}"

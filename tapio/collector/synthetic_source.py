@@ -23,6 +23,7 @@ class SyntheticSource:
         self.dropped = 0
         self._dropped_reported = 0
         self._started = None
+        self._limit = None           # set by detach(): nothing is offered past it
         self.event_types = frozenset(EVENT_TYPES.values())
 
     @property
@@ -36,7 +37,16 @@ class SyntheticSource:
         due = self.count if self.count else 1 << 62
         if self.rate:
             due = min(due, int((trio.current_time() - self._started) * self.rate) + 1)
-        return due
+        else:
+            # as fast as they are taken: a backlog's worth is waiting, never more (nothing is
+            # dropped for being late)
+            due = min(due, self.produced + self.backlog)
+        return due if self._limit is None else min(due, self._limit)
+
+    def detach(self):
+        """Offer no event past those due now (as fast as possible: those taken so far), the
+        way a detached probe stops producing."""
+        self._limit = self._due() if self.rate else self.produced
 
     def fill(self, arena):
         wanted = self._due() - self.produced

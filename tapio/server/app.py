@@ -10,6 +10,7 @@ from tapio.server.auth import TokenAuth
 from tapio.server.correlation import CorrelationEngine, load_config
 from tapio.server.grpc_server import GrpcServer
 from tapio.server.ingest import Ingest
+from tapio.server.sequence import SequenceMetrics
 from tapio.server.service import TapioService
 from tapio.server.otel import TraceExporter
 from tapio.server.store import Store
@@ -98,6 +99,9 @@ async def _main(args):
     store, exporter, correlation = _correlation(args)
     ingest.consumers.append(store.add_batch)
     ingest.consumers.append(correlation.consume)
+    if hasattr(correlation, "mark_gap"):
+        # groups whose window overlaps a gap in a collector's events are marked incomplete
+        ingest.gap_listeners.append(correlation.mark_gap)
     query = QueryService(store, authorize=auth)
     server = GrpcServer(service, args.host, args.grpc_port, args.max_message_size,
                         args.max_streams, args.enable_reflection, credentials,
@@ -106,6 +110,8 @@ async def _main(args):
         log.warning("gRPC listens in plain text on %s: use --tls-cert/--tls-key off loopback", args.host)
     # bound now: a taken port is one line and exit code 2
     http = _http(args, ingest, service, auth, store, exporter, correlation)
+    if http is not None:
+        http.registry.register(SequenceMetrics(ingest))
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             server.start()

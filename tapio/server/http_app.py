@@ -161,6 +161,7 @@ def collector_json(state, rate):
         "drops": {"kernel": state.kernel_drops, "processor": state.processor_drops,
                   "buffer": state.buffer_drops},
         "last_batch_id": state.last_batch_id, "last_event_id": state.last_event_id,
+        "ledger": state.ledger_json(),
     }
 
 

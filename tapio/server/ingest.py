@@ -8,6 +8,10 @@ Backpressure: when the queue is above its high-water mark the stream that filled
 PAUSE; below the low-water mark, every paused stream is told to RESUME. A collector that ignores
 PAUSE is held back by the full queue (its stream handler blocks, and gRPC flow control does the
 rest).
+
+Each collector's event sequence is followed (tapio/server/sequence.py): a gap in it, or events
+the kernel dropped, is handed to the gap listeners (the correlation engine's mark_gap) before
+the batch that reveals it goes to the consumers.
 """
 import json
 import logging
@@ -18,6 +22,7 @@ import threading
 import time
 
 from tapio._fast.codec import LatencyHistogram
+from tapio.server.sequence import REASON_SEQUENCE, SequenceTracker
 from tapio.v1 import stream_pb2
 
 log = logging.getLogger("tapio.server")
@@ -58,10 +63,15 @@ class CollectorState:
         self.buffer_drops = 0
         self.last_event_id = None
         self.last_seen = None
+        self.sequence = SequenceTracker()    # its event sequence: gaps, and its reported ledger
 
     @property
     def connected(self):
         return self.streams > 0
+
+    def ledger_json(self):
+        """The collector's ledger as it reported it, and what the server saw of its sequence."""
+        return self.sequence.as_json()
 
 
 class BatchIds:
@@ -87,6 +97,17 @@ class BatchIds:
             self._ids.difference_update(oldest)
             self._floor = oldest[-1]
         return True
+
+
+def _time_range(batch):
+    """(first, last) wall-clock ns of a batch's events; its creation time when it has none.
+    Events are in sequence order, so the first and the last are enough."""
+    n = len(batch)
+    if not n:
+        return batch.created_at_ns, batch.created_at_ns
+    first = batch.event_dict(0)["timestamp_ns"]
+    last = batch.event_dict(n - 1)["timestamp_ns"] if n > 1 else first
+    return min(first, last), max(first, last)
 
 
 _ARCHIVED_BATCH = re.compile(rb'"collector":("(?:[^"\\]|\\.)*"),"batch":(\d+)')
@@ -134,6 +155,10 @@ class Ingest:
         self.decode_errors = 0
         self.pauses = 0
         self.consumers = []                     # callables(batch, collector_state), engine thread
+        # callables(collector_id, start_ns, end_ns, reason text), engine thread, before the
+        # consumers
+        self.gap_listeners = []
+        self.gaps = 0
         self.latency = LatencyHistogram()       # kernel timestamp -> processed here
         self.batch_delay = batch_delay          # test/demo knob: a deliberately slow server
         self._queue = queue.Queue(maxsize=queue_batches)
@@ -226,7 +251,10 @@ class Ingest:
                 if self.batch_delay:
                     time.sleep(self.batch_delay)
                 state = session.collector
-                if self._accept(state, batch):
+                gaps = self._accept(state, batch)
+                if gaps is not None:
+                    for gap in gaps:
+                        self._on_gap(state, gap)
                     for consume in self.consumers:
                         try:
                             consume(batch, state)
@@ -242,12 +270,18 @@ class Ingest:
                 self._queue.task_done()
 
     def _accept(self, state, batch):
+        """None for a duplicate; else the gaps the batch reveals (usually none)."""
         n = len(batch)
+        first_ns, last_ns = _time_range(batch)
         with self._lock:
             if batch.batch_id and not state.seen.add(batch.batch_id):
                 state.duplicates += 1
                 self.duplicates += 1
-                return False
+                return None
+            gaps = state.sequence.observe(getattr(batch, "first_seq", 0), getattr(batch, "last_seq", 0),
+                                          first_ns, last_ns, batch.kernel_drops,
+                                          getattr(batch, "ledger", None))
+            self.gaps += len(gaps)
             state.last_batch_id = max(state.last_batch_id, batch.batch_id)
             state.batches += 1
             state.events += n
@@ -268,7 +302,18 @@ class Ingest:
         if self.events - self._logged_at >= self._log_every:
             self._logged_at = self.events
             log.info("Processed %d events, latest: %s", self.events, state.last_event_id)
-        return True
+        return gaps
+
+    def _on_gap(self, state, gap):
+        if gap.reason == REASON_SEQUENCE:
+            log.warning("Collector %s: events %d..%d never arrived (%d events: dropped from its send "
+                        "buffer or not delivered)", state.collector_id, gap.first_seq, gap.last_seq,
+                        gap.events)
+        for listener in self.gap_listeners:
+            try:
+                listener(state.collector_id, gap.start_ns, gap.end_ns, gap.describe())
+            except Exception:
+                log.exception("gap listener %r failed for %s", listener, state.collector_id)
 
     def _resume_all(self):
         with self._lock:

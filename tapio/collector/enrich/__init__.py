@@ -6,6 +6,8 @@
   context       cgroup id -> serialized tapio.v1.Context    (ContextResolver)
   proc          pid -> serialized tapio.v1.Process          (ProcessTable)
   systemd       unit restarts from exec/exit events         (UnitRestarts)
+  enrichment    all of the above, built from the collector's flags, started and closed
+                                                           (Enrichment)
 
 Every component is bounded, counts its hits and misses (stats()), and never raises on bad or
 missing data from /proc, cgroupfs or the API server. The kubernetes module is not imported here:
@@ -16,6 +18,7 @@ from .container import ContainerInfo, parse_cgroup_path
 from .context import ContextResolver
 from .proc import ProcessTable
 from .systemd import UnitRestarts
+from .enrichment import Enrichment
 
-__all__ = ["CgroupPaths", "ContainerInfo", "ContextResolver", "ProcessTable", "UnitRestarts",
-           "parse_cgroup_path"]
+__all__ = ["CgroupPaths", "ContainerInfo", "ContextResolver", "Enrichment", "ProcessTable",
+           "UnitRestarts", "parse_cgroup_path"]

@@ -13,8 +13,6 @@ not silently keep a default). docs/correlation.md describes each rule; the defau
     max_processes = 512        # processes recorded per tree (the rest are counted)
     split_on_cgroup = true     # a process in another cgroup than its parent starts its own tree
     max_groups_per_minute = 60 # per collector; the excess is counted, not stored
-    root_failures = 3          # a tree is a warning when its root's executable failed this often
-    root_failure_window = "10m"   # ... in trees within this window (one failure is routine)
 
     [crash_loop]
     enabled = true
@@ -70,8 +68,6 @@ class ProcessTreeConfig:
     max_processes: int = 512
     split_on_cgroup: bool = True
     max_groups_per_minute: int = 60
-    root_failures: int = 3
-    root_failure_window: float = 600.0
 
 
 @dataclasses.dataclass
@@ -161,9 +157,9 @@ def _duration(value, where):
 def _check(section, key, value, default, where):
     """value, checked against the type of its default."""
     if key in ("grace", "max_duration", "window", "close_after", "follow", "history", "tick",
-               "root_failure_window", "keep_closed"):
+               "keep_closed"):
         seconds = _duration(value, where)
-        if key in ("window", "tick", "max_duration", "root_failure_window") and seconds <= 0:
+        if key in ("window", "tick", "max_duration") and seconds <= 0:
             raise ConfigError(f"{where}: must be greater than zero")
         return seconds
     if isinstance(default, bool):

@@ -37,6 +37,10 @@ class CrashLoop(Rule):
         process = event.get("process") or {}
         executable = process.get("executable") or event.get("comm") or "?"
         unit = context.get("systemd_unit", "")
+        if "container" in cfg.scopes and context.get("pod_uid"):
+            # Kubernetes restarts a container under a new id: the pod and the container's name
+            # are what stays
+            return ("pod", f"{context['pod_uid']}/{context.get('container_name', '')}"), executable
         if "container" in cfg.scopes and context.get("container_id"):
             return ("container", context["container_id"]), executable
         if unit and ("unit" in cfg.scopes or ("service" in cfg.scopes and unit.endswith(".service"))):
@@ -129,7 +133,9 @@ class CrashLoop(Rule):
                          f"({counted(outcomes)})"
                          + (f"; restarts every ~{fmt_duration(int(sum(intervals) / len(intervals) * 1e9))}"
                             if intervals else ""))
-        oom = self._recent_oom(scope if scope_kind == "container" else None, last.get("cgroup_id"))
+        in_container = scope_kind in ("container", "pod")
+        oom = self._recent_oom((last.get("context") or {}).get("container_id") if in_container else None,
+                               last.get("cgroup_id"))
         if oom is not None:
             group.root_cause = (f"OOM kills: memory limit {fmt_bytes(oom['oom_kill']['memcg_limit_bytes'])} "
                                 f"of {oom['oom_kill']['memcg_name'] or 'its memory cgroup'}")
@@ -137,7 +143,7 @@ class CrashLoop(Rule):
             group.root_cause = f"{name} {next(iter(outcomes))} every time"
         severe = n >= 2 * self.cfg.threshold
         group.severity = "critical" if severe else "error"
-        group.confidence = 0.9 if scope_kind in ("container", "unit") else 0.7
+        group.confidence = 0.9 if in_container or scope_kind == "unit" else 0.7
 
     def _recent_oom(self, container_id, cgroup_id):
         window = int(self.cfg.window * SEC)

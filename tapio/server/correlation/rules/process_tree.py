@@ -5,16 +5,17 @@ this rule rate-limits them and turns each into a group.
 
 Severity is what a person on call wants to hear about: a tree is `info` (shells run tools that
 exit non-zero all day: grep that finds nothing, test, readlink, which) unless something abnormal
-happened in it: a process killed by a fatal signal ([fatal_signal] signals) or SIGKILL, a core
-dump, or its root's executable failing again and again (`root_failures` trees within
-`root_failure_window`); then `warning`.
+happened in it: a process killed by a fatal signal ([fatal_signal] signals) or SIGKILL, or a core
+dump; then `warning`. The same thing failing again and again is the crash_loop rule's to say, in
+the container or unit where repetition means something: a shell script that ends in a grep that
+finds nothing fails every time it runs, and that is routine.
 """
 import collections
 import signal as _signal
 
 from tapio import vocab
 from tapio.server.correlation.groups import counted, fmt_duration, where
-from tapio.server.correlation.state import MAX_KEYS, NEVER, SEC, SUBJECT_CONTEXT, Rule, process_entry
+from tapio.server.correlation.state import NEVER, SUBJECT_CONTEXT, Rule, process_entry
 
 SIGKILL = int(_signal.SIGKILL)
 
@@ -39,10 +40,6 @@ class ProcessTree(Rule):
         self.tokens = float(self.cfg.max_groups_per_minute)
         self.tokens_at = self.monotonic()
         self.crash_signals = self.config.fatal_signal_numbers() | {SIGKILL}
-        self.root_failed = collections.OrderedDict()   # (place, executable) -> deque of end times
-
-    def stats(self):
-        return {"tree_root_keys": len(self.root_failed)}
 
     def on_tick(self, now, force):
         limit = self.cfg.max_groups_per_minute
@@ -88,18 +85,12 @@ class ProcessTree(Rule):
                             if root["exit_code"] or root["signal"] else "")
                          + (" (still running when closed)" if info["forced"] else ""))
         crashed = [p for p in failed if p["signal"] in self.crash_signals or p["core_dumped"]]
-        root_failures = self._root_failures(root) if root in failed else 0
-        group.attributes.update(crashed=len(crashed), root_failures=root_failures)
+        group.attributes["crashed"] = len(crashed)
         if crashed:
             group.severity = "warning"
             first = min(crashed, key=lambda p: p["end_ns"])
             group.root_cause = (f"{first['comm']} (pid {first['pid']}) "
                                 f"{vocab.exit_text(first['exit_code'], first['signal'], first['core_dumped'])}")
-        elif root_failures >= self.cfg.root_failures:
-            group.severity = "warning"
-            group.root_cause = (f"{root['comm']} {vocab.exit_text(root['exit_code'], root['signal'])}; "
-                                f"it failed {root_failures} times in "
-                                f"{fmt_duration(int(self.cfg.root_failure_window * SEC))}")
         else:
             group.severity = "info"
             if failed:
@@ -108,22 +99,6 @@ class ProcessTree(Rule):
                                     f"{vocab.exit_text(first['exit_code'], first['signal'], first['core_dumped'])}")
         group.status = "closed"
         self.state.finish(group)
-
-    def _root_failures(self, root):
-        """How often the root's executable (in the same container or unit) failed as the root of
-        a tree within root_failure_window, this time included."""
-        context = root.get("context") or {}
-        key = (context.get("container_id") or context.get("systemd_unit") or "",
-               root["executable"] or root["comm"])
-        times = self.root_failed.pop(key, None) or collections.deque()
-        self.root_failed[key] = times
-        while len(self.root_failed) > MAX_KEYS:
-            self.root_failed.popitem(last=False)
-        end = root["end_ns"]
-        times.append(end)
-        while times and end - times[0] > int(self.cfg.root_failure_window * SEC):
-            times.popleft()
-        return len(times)
 
     def _process(self, node, now):
         """A process of a group, for its span: from the table's node and its exec/exit events."""

@@ -2,7 +2,12 @@
 import logging
 
 from tapio.collector.clock import boot_to_wall_ns
-from tapio.collector.enrich import CgroupPaths, ContextResolver, ProcessTable, UnitRestarts
+
+from .cgroup_paths import CgroupPaths
+from .container import parse_cgroup_path
+from .context import ContextResolver
+from .proc import ProcessTable
+from .systemd import UnitRestarts
 
 log = logging.getLogger("tapio.collector.enrich")
 
@@ -12,7 +17,7 @@ class Enrichment:
         self.cgroup_paths = CgroupPaths()
         self.kubernetes = None
         if enable_k8s:
-            from tapio.collector.enrich.kubernetes import KubernetesPods
+            from .kubernetes import KubernetesPods
             self.kubernetes = KubernetesPods(node_name, kubeconfig=kubeconfig)
         self.contexts = ContextResolver(self.cgroup_paths, self.kubernetes, node_name=node_name,
                                         enable_systemd=enable_systemd)
@@ -24,7 +29,6 @@ class Enrichment:
         that started before the collector have complete trees; the pod watch."""
         n = self.processes.snapshot()
         if self.restarts is not None:
-            from tapio.collector.enrich import parse_cgroup_path
             for pid, path in self.processes.cgroup_paths():
                 unit = parse_cgroup_path(path).systemd_unit
                 if unit:

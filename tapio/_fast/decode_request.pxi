@@ -1,4 +1,4 @@
-# cython: boundscheck=False, wraparound=False, cdivision=True
+# Included by codec.pyx (its cimports serve here).
 # tapio.v1.TapioStreamEventsRequest wire bytes -> the C records of records.pxd.
 #
 # One parse function per message, over its body p..end; it returns end, or NULL with the first
@@ -7,16 +7,6 @@
 # the wrong wire type, skipped when the field is unknown. Repeated occurrences of a singular field
 # follow protobuf: for a scalar the last one wins, messages merge, and a oneof that switches
 # member starts the new member over.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, UINT32_MAX
-from libc.string cimport memset
-from cpython.mem cimport PyMem_RawRealloc
-
-from tapio._fast.events cimport (
-    TAPIO_EVENT_EXEC, TAPIO_EVENT_EXIT, TAPIO_EVENT_OOM_KILL, TAPIO_EVENT_SIGNAL,
-)
-from tapio._fast.wire cimport *
-from tapio._fast.records cimport *
-
 
 cdef inline int grow(void **array, uint32_t *cap, size_t item, size_t need) noexcept nogil:
     """Make room for `need` items, doubling; -1 when memory runs out."""

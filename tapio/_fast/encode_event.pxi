@@ -1,21 +1,8 @@
-# cython: boundscheck=False, wraparound=False, cdivision=True
+# Included by codec.pyx (its cimports serve here).
 # One kernel event (an arena slot, in its bpf/tapio_events.h layout) as a tapio.v1.Event message
 # body: event_size() measures it, event_write() writes exactly that many bytes. Output is what the
 # protobuf library writes: fields in number order, and a field with a one-byte tag (1-15) that
 # holds zero, an empty string or false is left out, as proto3 does.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t, UINT64_MAX
-from libc.string cimport memchr, memcpy
-
-from tapio._fast.events cimport (
-    tapio_event, tapio_header, tapio_exec, tapio_exit, tapio_tcp, tapio_oom, tapio_signal,
-    TAPIO_EVENT_EXEC, TAPIO_EVENT_EXIT, TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_ACCEPT,
-    TAPIO_EVENT_TCP_CLOSE, TAPIO_EVENT_OOM_KILL, TAPIO_EVENT_SIGNAL, TAPIO_COMM_LEN,
-    TAPIO_FILENAME_LEN, TAPIO_ARGS_LEN, TAPIO_CGROUP_NAME_LEN, TAPIO_EXEC_ARGS_TRUNCATED,
-    TAPIO_TCP_PASSIVE,
-)
-from tapio._fast.arena cimport arena_t, arena_slot, slot_totals
-from tapio._fast.wire cimport varint_size, put_varint, put_fixed64, WT_LEN
-from tapio._fast.utf8 cimport scrub_copy
 
 # kernel address families (linux/socket.h) and their IpFamily values on the wire
 cdef enum:
