@@ -491,7 +491,8 @@ cdef inline const uint8_t *parse_batch(tapio_batch *b, const uint8_t *p, const u
             if p != NULL:
                 rec = new_record(b, body, err)
                 if rec != NULL:
-                    span_set(b, &rec.wire, body, p)
+                    rec.wire.off = <uint32_t>(body - b.buf)
+                    rec.wire.len = <uint32_t>(p - body)
                 p = parse_event(b, body, p, rec, err) if rec != NULL else NULL
         elif tag == 0x08:
             p = get_varint(p, end, &b.batch_id, err)
@@ -530,6 +531,7 @@ cdef inline void reset_request(tapio_batch *b, uint8_t kind) noexcept nogil:
     b.batch_id = b.created_at_ns = b.kernel_drops = b.processor_drops = b.buffer_drops = 0
     b.first_seq = b.last_seq = 0
     b.has_ledger = 0
+    b.event_pieces.more = b.event_pieces.tail = 0
     b.collector_id.off = b.collector_id.len = b.node_name.off = b.node_name.len = 0
     b.path = 0
     b.kind = kind
@@ -556,9 +558,11 @@ cdef inline const uint8_t *parse_request(tapio_batch *b, wire_error *err) noexce
                     if rec == NULL:
                         p = NULL
                     else:
-                        span_set(b, &rec.wire, body, p)
+                        rec.wire.off = <uint32_t>(body - b.buf)
+                        rec.wire.len = <uint32_t>(p - body)
+                        span_set(b, &b.event_pieces, body, p)
             elif p != NULL and field == KIND_EVENT:  # the event again: its bodies merge
-                p = span_append(b, &b.records[0].wire, body, p, err)
+                p = span_append(b, &b.event_pieces, body, p, err)
             if p != NULL and field == KIND_BATCH:
                 p = parse_batch(b, body, p, err)
             elif p != NULL and field == KIND_EVENT:

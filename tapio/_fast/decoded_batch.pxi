@@ -182,15 +182,16 @@ cdef class DecodedBatch:
     def event_wire(self, Py_ssize_t i):
         """Event i's own serialized bytes, as they arrived (what events_pb2.Event.FromString
         reads): served on without encoding them again."""
-        cdef const tapio_span *span = &self.c.records[self._index(i)].wire
-        cdef const tapio_span *more
-        if span.more == 0:  # one body: a slice of the input
-            return PyBytes_FromStringAndSize(<const char *>self.c.buf + span.off, span.len)
-        parts = [PyBytes_FromStringAndSize(<const char *>self.c.buf + span.off, span.len)]
-        more = span
-        while more.more:  # the event occurred more than once: protobuf merges the bodies
-            more = &self.c.spans[more.more - 1]
-            parts.append(PyBytes_FromStringAndSize(<const char *>self.c.buf + more.off, more.len))
+        cdef tapio_ref wire = self.c.records[self._index(i)].wire
+        cdef const tapio_span *piece = &self.c.event_pieces
+        if self.c.kind != KIND_EVENT or piece.more == 0:  # one body: a slice of the input
+            return PyBytes_FromStringAndSize(<const char *>self.c.buf + wire.off, wire.len)
+        # a single event sent in several pieces: protobuf merges them, so their bytes joined
+        # are the event
+        parts = [PyBytes_FromStringAndSize(<const char *>self.c.buf + piece.off, piece.len)]
+        while piece.more:
+            piece = &self.c.spans[piece.more - 1]
+            parts.append(PyBytes_FromStringAndSize(<const char *>self.c.buf + piece.off, piece.len))
         return b"".join(parts)
 
     def event_dict(self, Py_ssize_t i):

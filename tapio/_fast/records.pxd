@@ -118,6 +118,7 @@ cdef struct tapio_record:
     uint64_t cgroup_id
     tapio_ref id
     tapio_ref comm
+    tapio_ref wire            # the Event message's own bytes (the first piece of a merged one)
     int32_t type              # EventType
     uint32_t pid
     uint32_t tid
@@ -128,7 +129,6 @@ cdef struct tapio_record:
     uint32_t context          # 1 + index into contexts[], 0: none (record_context())
     uint32_t process          # 1 + index into processes[], 0: none (record_process())
     uint32_t collapsed        # 1 + index into collapses[], 0: none (record_collapsed())
-    tapio_span wire           # the Event message's own bytes (more than one body if it was merged)
     uint8_t details           # which details are set, as a tapio_event_type (oneof field - 15); 0: none
     tapio_details d
 
@@ -176,6 +176,8 @@ cdef struct tapio_batch:
     uint64_t ledger[6]        # tapio.v1.Ledger's fields in order, when has_ledger
     tapio_ref collector_id
     tapio_ref node_name
+    tapio_span event_pieces   # kind event, sent in several pieces: their chain (records[0].wire
+                              # is the first); `more` is 0 when it came in one
     int32_t path
     uint8_t kind
     uint8_t has_ledger
