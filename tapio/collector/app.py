@@ -141,12 +141,13 @@ async def _collect(args, signals):
     restored = None
     if buffer is not None and buffer.restored_events:
         restored = {"delivered": buffer.restored_delivered, "dropped": buffer.restored_dropped}
-    print(summary(ledger.totals(), spooled=bool(args.spool_dir) and streaming, restored=restored),
-          file=sys.stderr)
+    # the ledger's line comes last: it is the one to read
     if guard is not None:
         print(f"tapio-collector: peak resident memory {guard.peak_rss >> 20} MiB of --memory-limit "
               f"{guard.limit >> 20} MiB; {guard.shed_events} events shed to stay under it",
               file=sys.stderr)
+    print(summary(ledger.totals(), spooled=bool(args.spool_dir) and streaming, restored=restored),
+          file=sys.stderr)
     return 0
 
 
