@@ -23,7 +23,8 @@ BPF_OBJ=tapio/_fast/tapio.bpf.o
 
 APT_BUILD=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config gcc make)
 # prometheus and chromium: a real Prometheus scrapes /metrics, a headless browser loads the dashboard
-APT_TEST=(stress-ng iproute2 prometheus chromium)
+# bpftrace: the reference the overhead benchmark compares against
+APT_TEST=(stress-ng iproute2 prometheus chromium bpftrace)
 # real containers: podman (with runc) runs them, mmdebstrap makes their base image with no image
 # registry, kubectl checks the Kubernetes manifests
 APT_CONTAINERS=(podman runc mmdebstrap)
@@ -172,7 +173,7 @@ cmd_bench() {
     apt_install "${APT_TEST[@]}"
     mkdir -p benchmarks/results
     local names=("$@")
-    [ ${#names[@]} -eq 0 ] && names=(codec ringbuf e2e correlate precision)
+    [ ${#names[@]} -eq 0 ] && names=(codec ringbuf e2e correlate precision overhead)
     for b in "${names[@]}"; do
         [ -f "benchmarks/$b.py" ] || die "no benchmark named $b (benchmarks/*.py)"
         "$PY" "benchmarks/$b.py" --json "benchmarks/results/$b.json"

@@ -133,6 +133,11 @@ async def _collect(args, signals):
                 log.info("HTTP on %s (/metrics, /healthz, /readyz, /api/v1/stats)", url)
             nursery.start_soon(_stop_on_signals, signals, shutdown, nursery.cancel_scope)
             nursery.start_soon(_log_metrics, pump, sink, args.metrics_interval)
+            guard = None
+            if streaming and args.memory_limit:
+                from tapio.collector.memory import MemoryGuard
+                guard = MemoryGuard(args.memory_limit, sink.buffer)
+                nursery.start_soon(guard.run)
             if streaming:
                 nursery.start_soon(sink.run)
             await pump.run()
@@ -145,6 +150,11 @@ async def _collect(args, signals):
     restored = None
     if buffer is not None and buffer.restored_events:
         restored = {"delivered": buffer.restored_delivered, "dropped": buffer.restored_dropped}
+    # the ledger's line comes last: it is the one to read
+    if guard is not None:
+        print(f"tapio-collector: peak resident memory {guard.peak_rss >> 20} MiB of --memory-limit "
+              f"{guard.limit >> 20} MiB; {guard.shed_events} events shed to stay under it",
+              file=sys.stderr)
     print(summary(ledger.totals(), spooled=bool(args.spool_dir) and streaming, restored=restored),
           file=sys.stderr)
     return 0

@@ -102,6 +102,9 @@ examples:
     p.switch("--enable-systemd", default=True, help="the systemd unit of each event, and unit restarts")
     p.flag("--max-memory", type=positive(parse_size), default="64MiB", metavar="SIZE",
            help="bound of the unacked-batch buffer")
+    p.flag("--memory-limit", type=non_negative(parse_size), default="128MiB", metavar="SIZE",
+           help="hard cap on the collector's resident memory: above 90%% of it the send buffer "
+                "sheds its oldest batches (counted as dropped) instead of growing; 0: no cap")
     p.flag("--overflow", type=choice("drop-oldest", "drop-newest"), default="drop-oldest",
            help="what goes when the buffer is full")
     p.flag("--spool-dir", metavar="DIR",

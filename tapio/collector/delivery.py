@@ -116,6 +116,22 @@ class DeliveryBuffer:
         # only priority batches are held: the oldest one goes for a new priority batch
         return held[0] if incoming_priority and held else None
 
+    def set_bound(self, max_bytes):
+        """A new bound in bytes (the memory guard moves it). What no longer fits goes at once,
+        oldest first: unsent routine batches, then routine ones on the wire, then priority ones;
+        every event in them counted as for an overflow."""
+        self.max_bytes = max_bytes
+        excess = self.bytes - max_bytes
+        for kind in ("unsent", "on the wire", "priority"):
+            if excess <= 0:
+                return
+            for p in list(self._pending.values()):
+                if excess <= 0:
+                    break
+                if kind == "priority" or (not p.priority and (p.sent_at is None) == (kind == "unsent")):
+                    excess -= len(p.data)
+                    self._let_go(p)
+
     def can_send(self, pending):
         """Whether the window has room for this batch (an empty window always does)."""
         return self.in_flight_bytes == 0 or self.in_flight_bytes + len(pending.data) <= self.window
