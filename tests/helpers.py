@@ -3,6 +3,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -41,6 +42,24 @@ def wait_until(predicate, timeout=10.0, interval=0.02, what="the condition"):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked in struct tcp_info (linux/tcp.h)
+
+
+def tcp_bytes_acked(sock):
+    """tcpi_bytes_acked: what the peer has acknowledged, SYN included on the side that connected."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES_ACKED + 8)
+    return struct.unpack_from("Q", info, TCP_INFO_BYTES_ACKED)[0]
+
+
+def recv_exactly(sock, n):
+    """Read exactly n bytes (discarded); fail if the peer closes first."""
+    got = 0
+    while got < n:
+        chunk = sock.recv(min(65536, n - got))
+        assert chunk, f"the peer closed after {got} of {n} bytes"
+        got += len(chunk)
 
 
 def free_port():

@@ -28,7 +28,7 @@ import time
 
 import pytest
 
-from tests.helpers import CollectorProcess, require_ebpf, wait_until
+from tests.helpers import CollectorProcess, recv_exactly, require_ebpf, tcp_bytes_acked, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -212,22 +212,6 @@ def test_process_facts(collector, child_dir, how, exit_code, sig):
 
 
 # -- connections ----------------------------------------------------------------------------
-
-TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked in struct tcp_info (linux/tcp.h)
-
-
-def tcp_bytes_acked(sock):
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES_ACKED + 8)
-    return struct.unpack_from("Q", info, TCP_INFO_BYTES_ACKED)[0]
-
-
-def recv_exactly(sock, n):
-    got = 0
-    while got < n:
-        chunk = sock.recv(min(65536, n - got))
-        assert chunk, f"the peer closed after {got} of {n} bytes"
-        got += len(chunk)
-
 
 class Truth:
     """What the test knows of one connection: the bytes each side wrote (and the other read),

@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 from tests.fixtures.enrich.cgroups import CgroupTree, require_cgroup_root
-from tests.helpers import BIN, CollectorProcess, require_ebpf, wait_until
+from tests.helpers import BIN, CollectorProcess, recv_exactly, require_ebpf, tcp_bytes_acked, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -168,21 +168,6 @@ def test_connect_accept_close_with_byte_counts(collector):
     assert server_close["tcp_close"]["bytes_sent"] == 0
     assert server_close["tcp_close"]["passive"] is True
     assert client_close["tcp_close"]["duration_ns"] > 0
-
-
-def tcp_bytes_acked(sock):
-    """tcpi_bytes_acked of struct tcp_info (linux/tcp.h): what the peer has acknowledged, SYN
-    included on the side that connected."""
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
-    return struct.unpack_from("Q", info, 120)[0]
-
-
-def recv_exactly(sock, n):
-    got = 0
-    while got < n:
-        chunk = sock.recv(min(65536, n - got))
-        assert chunk, f"the peer closed after {got} of {n} bytes"
-        got += len(chunk)
 
 
 def both_closes(collector, port_a, port_b):
