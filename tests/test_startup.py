@@ -3,7 +3,6 @@ server, and what the collector imports to get there."""
 import os
 import statistics
 import subprocess
-import sys
 import time
 
 from tests.helpers import BIN, ManagedProcess, ServerProcess, StreamingCollector, require_ebpf, wait_until

@@ -26,7 +26,7 @@ import time
 
 from tapio.server.correlation.config import CorrelationConfig
 from tapio.server.correlation.rules import RULES
-from tapio.server.correlation.state import CollectorClock, CollectorState  # noqa: F401 (CollectorClock: API)
+from tapio.server.correlation.state import CollectorState
 
 log = logging.getLogger("tapio.server.correlation")
 

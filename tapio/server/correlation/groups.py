@@ -23,7 +23,7 @@ API all read the same shape):
 import secrets
 import signal as _signal
 
-from tapio.vocab import GROUP_KINDS, SEVERITIES, exit_text, signal_text  # noqa: F401 (re-exported words)
+from tapio.vocab import GROUP_KINDS
 
 MAX_EVENT_IDS = 1000
 INT64_MAX = (1 << 63) - 1
