@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 
 import pytest
@@ -33,8 +34,10 @@ BASE_BUILD_TIMEOUT = 420
 def podman(*args, timeout=60, check=True, input=None):
     """Run `podman --runtime runc ARGS`, bounded; returns the CompletedProcess (text)."""
     try:
+        # conmon leaves an "oom" marker in its working directory when a container is OOM-killed:
+        # not in the checkout
         run = subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout,
-                             input=input)
+                             input=input, cwd=tempfile.gettempdir())
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"podman {' '.join(args[:3])} did not finish in {timeout}s: {e.stderr}")
     if check and run.returncode != 0:
