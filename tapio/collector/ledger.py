@@ -15,9 +15,6 @@ copy, and raw batches are sent without counting their events again.
 """
 import dataclasses
 
-FIELDS = ("seen", "delivered", "filtered", "collapsed", "dropped_kernel", "dropped_processor",
-          "dropped_buffer", "undelivered")
-
 
 @dataclasses.dataclass
 class Totals:
@@ -32,12 +29,11 @@ class Totals:
 
     @property
     def unaccounted(self):
-        """seen minus every fate: 0 when the ledger closes."""
-        return self.seen - sum(getattr(self, f) for f in FIELDS[1:])
+        """seen minus every fate (each field after `seen`): 0 when the ledger closes."""
+        return self.seen - sum(dataclasses.astuple(self)[1:])
 
     def as_dict(self):
         return {**dataclasses.asdict(self), "unaccounted": self.unaccounted}
-
 
 
 class Ledger:
