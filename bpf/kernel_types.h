@@ -35,6 +35,8 @@ enum bpf_map_type {
 };
 enum { BPF_ANY = 0 };
 enum { BPF_RB_AVAIL_DATA = 0 };
+/* a bpf_ringbuf_submit() flag (include/uapi/linux/bpf.h) */
+enum { BPF_RB_NO_WAKEUP = 1 };
 
 #define PRESERVE __attribute__((preserve_access_index))
 

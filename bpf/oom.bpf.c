@@ -60,6 +60,6 @@ int BPF_PROG(tapio_oom_victim, struct task_struct *victim)
 	if (bpf_probe_read_kernel_str(e->memcg_name, sizeof(e->memcg_name),
 				      BPF_CORE_READ(css, cgroup, kn, name)) < 0)
 		e->memcg_name[0] = '\0';
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }

@@ -32,7 +32,7 @@ int BPF_PROG(tapio_exec, struct task_struct *task, int old_pid, struct linux_bin
 	if (len && bpf_probe_read_user(e->args, len, (void *)arg_start) < 0)
 		len = 0;
 	e->args_size = len;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -61,6 +61,6 @@ int BPF_PROG(tapio_exit, struct task_struct *task)
 	e->_pad = 0;
 	e->start_ns = BPF_CORE_READ(task, start_boottime);
 	e->duration_ns = e->hdr.timestamp_ns - e->start_ns;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }

@@ -62,6 +62,6 @@ int BPF_PROG(tapio_signal_generate, int sig, struct kernel_siginfo *info, struct
 	e->sender_pid = bpf_get_current_pid_tgid() >> 32;
 	e->_pad = 0;
 	bpf_get_current_comm(&e->sender_comm, sizeof(e->sender_comm));
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }

@@ -11,6 +11,9 @@ const volatile struct tapio_config tapio_config = {
 	.filter_cgroups = 0,
 };
 
+/* Until when the reader reads again without being woken (see submit() in emit.bpf.h). */
+__u64 tapio_reader_deadline_ns = 0;
+
 /* Never read: it makes the object's BTF describe the event layout, so that tests/test_layout.py
  * can compare what clang laid out for BPF with what the host compiler laid out for Cython. */
 const union tapio_event *tapio_event_layout __attribute__((unused));

@@ -119,7 +119,7 @@ static __always_inline void emit_tcp(const struct sock *sk, __u32 type, struct s
 		e->bytes_sent = 0;
 		e->bytes_received = 0;
 	}
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 }
 
 SEC("tp_btf/inet_sock_set_state")

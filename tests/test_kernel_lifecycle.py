@@ -1,5 +1,6 @@
 """Loading, configuring and unloading the BPF object for real; nothing may leak."""
 import os
+import select
 import subprocess
 
 import pytest
@@ -53,6 +54,25 @@ def test_cgroup_allow_list_filters_in_the_kernel(ebpf, allowed):
         subprocess.run(["true"])
         subprocess.run(["true"])
         assert (probes.consume(arena) >= 2) == allowed
+
+
+def test_a_reader_that_promised_to_read_is_not_woken(ebpf):
+    """read_within(): while the promise holds, events reach the ring buffer without waking
+    epoll_fd (the wakeups cost the kernel microseconds per event); withdrawn, they wake it."""
+    with KernelProbes.start(["exec"], ring_buffer_bytes=1 << 20) as probes, select.epoll() as poller:
+        poller.register(probes.epoll_fd, select.EPOLLIN)
+        arena = EventArena(4096)
+        probes.read_within(60)
+        probes.consume(arena)               # whatever came before the promise
+        arena.clear()
+        subprocess.run(["true"])
+        assert poller.poll(0.5) == []
+        assert probes.consume(arena) >= 1   # the exec is there all the same
+        arena.clear()
+        probes.read_within(0)
+        probes.consume(arena)               # (a reader reads once more before it blocks)
+        subprocess.run(["true"])
+        assert poller.poll(5) != []
 
 
 def test_closed_probes_refuse_use(ebpf):

@@ -51,7 +51,7 @@ def make_pump(source, sink=None, path="raw", buffer_size=1000, flush_interval=0.
     processor = DualPathProcessor(config)
     sink = sink or RecordingSink()
     pump = Pump(source, sink, BatchEncoder("c1", "n1", 0), processor, buffer_size, flush_interval,
-                first_batch_id=1, read_coalesce=0.001)
+                first_batch_id=1, read_interval=0.001)
     return pump, sink, processor
 
 

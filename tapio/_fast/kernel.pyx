@@ -22,7 +22,14 @@ from tapio._fast.events cimport (
     TAPIO_EVENT_TYPE_COUNT,
 )
 from tapio._fast.arena cimport EventArena, arena_t, arena_push, PUSH_FULL
-from posix.mman cimport mmap, munmap, PROT_READ, MAP_SHARED, MAP_FAILED
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+
+cdef extern from "time.h" nogil:
+    enum: CLOCK_BOOTTIME
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int clk_id, timespec *tp)
 
 cdef extern from "stdio.h" nogil:
     int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
@@ -192,8 +199,8 @@ def mark_victim_passes_task():
         btf__free(vmlinux)
 
 
-cdef int _rodata_offset(bpf_object *obj, const char *name) except? -2:
-    """Offset of a global variable in the object's .rodata, from the object's BTF."""
+cdef int _global_offset(bpf_object *obj, const char *section, const char *name) except? -2:
+    """Offset of a global variable in the object's .rodata or .bss, from the object's BTF."""
     cdef btf *b = bpf_object__btf(obj)
     cdef int32_t sec_id
     cdef const btf_type *sec
@@ -202,7 +209,7 @@ cdef int _rodata_offset(bpf_object *obj, const char *name) except? -2:
     cdef int i
     if b == NULL:
         return -1
-    sec_id = btf__find_by_name_kind(b, b".rodata", BTF_KIND_DATASEC)
+    sec_id = btf__find_by_name_kind(b, section, BTF_KIND_DATASEC)
     if sec_id < 0:
         return -1
     sec = btf__type_by_id(b, sec_id)
@@ -253,6 +260,9 @@ cdef class KernelProbes:
     cdef readonly dict skipped            # type name -> why it is not available here
     cdef readonly str object_path
     cdef readonly uint32_t ring_buffer_bytes
+    cdef uint64_t *reader_deadline  # tapio_reader_deadline_ns in our mapping of the object's .bss
+    cdef void *bss                  # that mapping
+    cdef size_t bss_size
 
     def __init__(self):
         raise TypeError("use KernelProbes.start(...)")
@@ -345,7 +355,7 @@ cdef class KernelProbes:
             config.enabled_types |= 1u << t
         config.filter_cgroups = 1 if cgroup_allow is not None else 0
         config.routine_limit = <uint32_t>(self.ring_buffer_bytes * routine_share)
-        offset = _rodata_offset(self.obj, b"tapio_config")
+        offset = _global_offset(self.obj, b".rodata", b"tapio_config")
         rodata_image = <char *>bpf_map__initial_value(rodata, &rodata_size)
         if offset < 0 or rodata_image == NULL or offset + sizeof(config) > rodata_size:
             raise BpfError(errno.EINVAL, f"{self.object_path} has no tapio_config: rebuild it")
@@ -380,11 +390,45 @@ cdef class KernelProbes:
                 if err < 0:
                     raise _bpf_error(-err, f"cannot allow cgroup {cg}")
 
+        self._map_reader_deadline()
         self.rb = ring_buffer__new(bpf_map__fd(events_map), _on_sample, &self.target, NULL)
         if self.rb == NULL:
             raise _bpf_error(c_errno, "cannot map the ring buffer")
         self.ncpus = libbpf_num_possible_cpus()
         self.event_types = frozenset(wanted)
+
+    cdef int _map_reader_deadline(self) except -1:
+        """Map the object's .bss (libbpf 1.1 maps only a skeleton's) to reach the deadline."""
+        cdef bpf_map *bss = bpf_object__find_map_by_name(self.obj, b".bss")
+        cdef size_t size = 0
+        cdef size_t page = os.sysconf("SC_PAGE_SIZE")
+        cdef int offset = _global_offset(self.obj, b".bss", b"tapio_reader_deadline_ns")
+        if bss == NULL or offset < 0 or bpf_map__initial_value(bss, &size) == NULL or \
+                offset + sizeof(uint64_t) > size:
+            raise BpfError(errno.EINVAL, f"{self.object_path} has no tapio_reader_deadline_ns: "
+                                         "rebuild it with ./build.sh build")
+        size = (size + page - 1) // page * page
+        self.bss = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(bss), 0)
+        if self.bss == MAP_FAILED:
+            self.bss = NULL
+            raise _bpf_error(c_errno, "cannot map the BPF object's .bss")
+        self.bss_size = size
+        self.reader_deadline = <uint64_t *>(<char *>self.bss + offset)
+        return 0
+
+    def read_within(self, double seconds):
+        """Promise the kernel that the ring buffer will be read again within `seconds` without
+        being woken: until then no event wakes epoll_fd (each wakeup costs the kernel several
+        microseconds; see submit() in bpf/emit.bpf.h). 0 withdraws the promise: do so, then
+        read once more, before waiting on epoll_fd."""
+        cdef timespec now
+        self._check_open()
+        if seconds <= 0:
+            self.reader_deadline[0] = 0
+            return
+        clock_gettime(CLOCK_BOOTTIME, &now)
+        self.reader_deadline[0] = (<uint64_t>now.tv_sec * 1000000000ULL + <uint64_t>now.tv_nsec
+                                   + <uint64_t>(seconds * 1e9))
 
     @property
     def epoll_fd(self):
@@ -481,6 +525,10 @@ cdef class KernelProbes:
 
     cdef void _release(self) noexcept:
         cdef size_t link
+        if self.bss != NULL:
+            munmap(self.bss, self.bss_size)
+            self.bss = NULL
+            self.reader_deadline = NULL
         if self.rb != NULL:
             ring_buffer__free(self.rb)
             self.rb = NULL

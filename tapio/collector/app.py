@@ -113,7 +113,7 @@ async def _collect(args, signals):
         # new batch ids follow the wall clock (in microseconds) and whatever the spool gave back
         first_batch_id = max(time.time_ns() // 1000, sink.buffer.last_id() + 1) if streaming else 1
         pump = Pump(source, sink, encoder, processor, config.buffer_size, args.flush_interval,
-                    first_batch_id, read_coalesce=args.read_coalesce)
+                    first_batch_id, read_interval=args.read_interval)
         redactor = getattr(args, "redactor", None)
         pump.arena.set_redactor(redactor)
         if redactor is None:

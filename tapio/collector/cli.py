@@ -88,8 +88,9 @@ examples:
            help="most events per semantic batch")
     p.flag("--flush-interval", type=non_negative(parse_duration), default="1s", metavar="DURATION",
            help="longest time an event waits for its batch while one is in flight")
-    p.flag("--read-coalesce", type=non_negative(parse_duration), default="1ms", metavar="DURATION",
-           help="after the kernel signals events, let more gather this long before reading")
+    p.flag("--read-interval", type=non_negative(parse_duration), default="5ms", metavar="DURATION",
+           help="while events flow, read the kernel once per this interval (a lone event is read "
+                "at once); the kernel wakes the collector at most once per interval. 0: at every event")
     p.flag("--worker-count", type=positive(int), default=4, metavar="N",
            help="accepted for compatibility with the original; per-event work is C in one thread")
     p.flag("--exclude-comm", type=comma_list, default="", metavar="COMM[,COMM...]",

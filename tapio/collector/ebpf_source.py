@@ -47,6 +47,12 @@ class EbpfSource:
         """Until the ring buffer has records."""
         await trio.lowlevel.wait_readable(self._fd)
 
+    def read_within(self, seconds):
+        """Promise to read again within `seconds` without being woken (0: no promise, wait()
+        follows); the kernel then spares itself the wakeups (KernelProbes.read_within)."""
+        if self._fd >= 0:
+            self.probes.read_within(seconds)
+
     def fill(self, arena):
         """Move what the ring buffer holds into the arena (until it is full); returns the count."""
         if self._budget is not None and self._budget <= 0:

@@ -48,6 +48,9 @@ class SyntheticSource:
         way a detached probe stops producing."""
         self._limit = self._due() if self.rate else self.produced
 
+    def read_within(self, seconds):
+        """Nothing to spare: wait() follows the clock, not wakeups."""
+
     def fill(self, arena):
         wanted = self._due() - self.produced
         if wanted <= 0:
