@@ -5,6 +5,7 @@ request iterator (fed from a thread-safe queue), and one trio worker thread read
 a bounded trio memory channel. trio code only ever sees `send()` and `async receive()`.
 """
 import queue
+import threading
 
 import grpc
 import trio
@@ -61,11 +62,18 @@ class GrpcTransport:
 
 
 class GrpcStream:
+    RESPONSES_HELD = 256
+
     def __init__(self, channel, metadata):
         self._channel = channel
         self._requests = queue.SimpleQueue()
         self._call = channel.stream_stream(METHOD)(self._request_iterator(), metadata=metadata or None)
-        self._responses_in, self._responses_out = trio.open_memory_channel(256)
+        self._responses_in, self._responses_out = trio.open_memory_channel(self.RESPONSES_HELD)
+        # room in that channel, for the reader thread: it hands each response over without
+        # waiting for trio to take it (an ack per batch; a round trip each cost a task and two
+        # thread switches), and stops reading when RESPONSES_HELD are waiting
+        self._room = threading.Semaphore(self.RESPONSES_HELD)
+        self._closed = False
 
     def _request_iterator(self):
         while True:
@@ -87,16 +95,27 @@ class GrpcStream:
             raise StreamEnded("stream closed") from None
         if isinstance(item, StreamEnded):
             raise item
+        self._room.release()
         return item
 
     async def read_responses(self):
         """Move responses from grpcio's blocking iterator into receive()'s channel."""
         token = trio.lowlevel.current_trio_token()
+        channel = self._responses_in
+
+        def hand_over(raw):         # in trio's thread; the semaphore made room for it
+            try:
+                channel.send_nowait(raw)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass                # the stream is being closed: nobody reads it any more
 
         def read():
             try:
                 for raw in self._call:
-                    trio.from_thread.run(self._responses_in.send, raw, trio_token=token)
+                    while not self._room.acquire(timeout=0.5):
+                        if self._closed:
+                            return None
+                    token.run_sync_soon(hand_over, raw)
                 return StreamEnded("the server ended the stream")
             except grpc.RpcError as e:
                 return StreamEnded(f"rpc error: code = {e.code().name.title().replace('_', '')} "
@@ -112,6 +131,7 @@ class GrpcStream:
 
     def close(self):
         """End the call (cancels it: unacked batches stay in the buffer for the next stream)."""
+        self._closed = True
         self._requests.put(_END)
         self._call.cancel()
         self._channel.close()

@@ -22,6 +22,7 @@ from tapio.v1 import events_pb2
 __all__ = ["ProcessTable", "ProcStat", "parse_stat", "read_process", "text_from_kernel_bytes"]
 
 MAX_COMMAND_LINE = 4096
+ANCESTORS_KEPT = 16             # the longest ancestor chain a Process carries
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _NS_PER_S = 1_000_000_000
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
@@ -129,7 +130,7 @@ def _read_cgroup_v2_path(base):
 
 class _Entry:
     __slots__ = ("pid", "ppid", "uid", "comm", "executable", "command_line", "start_boot_ns",
-                 "cgroup_path", "exited_at", "wire")
+                 "cgroup_path", "exited_at", "wire", "ancestry")
 
     def __init__(self, pid, ppid, uid, comm, executable, command_line, start_boot_ns, cgroup_path=""):
         self.pid, self.ppid, self.uid, self.comm = pid, ppid, uid, comm
@@ -137,6 +138,7 @@ class _Entry:
         self.start_boot_ns, self.cgroup_path = start_boot_ns, cgroup_path
         self.exited_at = None   # monotonic seconds of the exit event
         self.wire = None        # cached serialized Process
+        self.ancestry = None    # cached ancestors for the wire (see ProcessTable._ancestry)
 
 
 def _int(value):
@@ -325,6 +327,31 @@ class ProcessTable:
                 break
         return chain
 
+    def _ancestry(self, entry, visiting=()):
+        """The ancestors of entry as a tuple, built from its parent's (cached on each entry):
+        an exec storm's thousands of children share one walk up the tree. As _chain(), except
+        that a chain, once built, keeps ancestors that expire later (it is what they were)."""
+        chain = entry.ancestry
+        if chain is not None:
+            return chain
+        parent_pid = entry.ppid
+        chain = ()
+        if parent_pid in visiting:
+            chain = (parent_pid,)       # a loop no real kernel makes, but data can
+        elif parent_pid > 0 and parent_pid != entry.pid:
+            chain = (parent_pid,)
+            parent = self._lookup(parent_pid, counted=False)
+            # a parent younger than its child: the parent is gone and a new process reuses its pid
+            if parent is not None and not parent.start_boot_ns > entry.start_boot_ns > 0:
+                inherited = self._ancestry(parent, visiting + (entry.pid,))
+                for i, pid in enumerate(inherited):
+                    if pid == entry.pid or pid in visiting:
+                        inherited = inherited[:i]     # a loop no real kernel makes, but data can
+                        break
+                chain += inherited[:ANCESTORS_KEPT - 1]
+        entry.ancestry = chain
+        return chain
+
     def user_name(self, uid):
         """The user name of uid from the passwd database, or str(uid) when it has none."""
         with self._lock:
@@ -356,7 +383,7 @@ class ProcessTable:
         if entry.command_line:
             message.command_line = entry.command_line
         message.user = self.user_name(entry.uid)
-        message.ancestors.extend(self._chain(entry))
+        message.ancestors.extend(self._ancestry(entry))
         if entry.start_boot_ns:
             message.start_time_ns = max(0, entry.start_boot_ns + self.boot_to_wall_ns)
         return message
