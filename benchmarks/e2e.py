@@ -1,6 +1,6 @@
 """Collector -> server over loopback gRPC, end to end, at fixed offered rates.
 
-    python benchmarks/e2e.py [--json PATH] [--quick]
+    python benchmarks/e2e.py [--json PATH] [--quick] [--rates 10000,100000]
 
 Real `tapio-collector --source synthetic` (the same arena -> processor -> codec -> gRPC path as
 eBPF events take) streams to a real `tapio-server` on 127.0.0.1. For each path (raw, semantic)
@@ -147,6 +147,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="benchmarks/results/e2e.json")
     parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test)")
+    parser.add_argument("--rates", type=lambda t: [int(r) for r in t.split(",")], default=RATES,
+                        help="offered rates, comma-separated (default: %(default)s)")
     args = parser.parse_args()
     seconds = 2 if args.quick else 5
     rows, results = [], []
@@ -165,7 +167,7 @@ def main():
         rows.append(["baseline (1 msg/event)", "max", f"{base_rate:,.0f}", "0", "1.0x",
                      base["p50_ms"], base["p99_ms"], "-", "-", base["server_cpu_s"], base["server_rss_mb"]])
         for path in ("raw", "semantic"):
-            for rate in RATES:
+            for rate in args.rates:
                 count = rate * seconds
                 port = free_port()
                 server = start_server(workdir, port)

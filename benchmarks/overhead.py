@@ -1,11 +1,14 @@
 """What Tapio costs the node it watches: workload slowdown, eBPF time, collector CPU and memory.
 
     python benchmarks/overhead.py [--json PATH] [--rounds N] [--seconds S] [--quick]
+                                  [--workload NAME ...] [--collector-args "FLAGS"]
 
 Needs root and two CPUs. The workload runs pinned to CPU 0, whatever watches it to CPU 1:
 
 - exec storm: fork + exec of /bin/true + wait, in a loop (a small C program built here);
 - connect storm: connect to a loopback listener, accept, close both, in a loop (same program);
+- paced connects: the same, held at 2,500 connections/s: ~10 k events/s, the rate at which the
+  collector's CPU target is set;
 - mixed: stress-ng's fork and sock stressors side by side (bogo ops of each).
 
 Each workload runs in interleaved rounds under three conditions, in a rotating order:
@@ -30,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -44,6 +48,8 @@ from _common import machine, print_table, write_json
 BIN = os.path.dirname(sys.executable)
 WORKLOAD_CPU, WATCHER_CPU = "0", "1"
 CONDITIONS = ("none", "tapio", "bpftrace")
+PACED_CONNECTS = 2500           # connections per second of the paced workload
+WORKLOADS = ("exec storm", "connect storm", "paced connects", "mixed (stress-ng)")
 
 STORM_C = r"""
 #include <arpa/inet.h>
@@ -64,15 +70,28 @@ static double now(void)
 	return t.tv_sec + t.tv_nsec / 1e9;
 }
 
+/* at most `rate` operations per second (0: as fast as it goes) */
+static void pace(double start, long ops, double rate)
+{
+	if (rate > 0) {
+		double due = start + ops / rate, wait = due - now();
+		if (wait > 0) {
+			struct timespec t = {(time_t)wait, (long)((wait - (time_t)wait) * 1e9)};
+			nanosleep(&t, NULL);
+		}
+	}
+}
+
 int main(int argc, char **argv)
 {
-	double start = now(), end = start + atof(argv[2]);
+	double start = now(), end = start + atof(argv[2]), rate = argc > 3 ? atof(argv[3]) : 0;
 	long ops = 0;
 
 	if (!strcmp(argv[1], "exec")) {
 		char *av[] = {"/bin/true", NULL}, *ev[] = {NULL};
 		while (now() < end) {
 			int status;
+			pace(start, ops, rate);
 			pid_t pid = fork();
 			if (pid == 0) {
 				execve(av[0], av, ev);
@@ -89,6 +108,7 @@ int main(int argc, char **argv)
 		if (bind(l, (void *)&a, sizeof(a)) || listen(l, 128) || getsockname(l, (void *)&a, &n))
 			return perror("listen"), 1;
 		while (now() < end) {
+			pace(start, ops, rate);
 			int c = socket(AF_INET, SOCK_STREAM, 0), s;
 			if (c < 0 || connect(c, (void *)&a, sizeof(a)))
 				return perror("connect storm"), 1;
@@ -227,13 +247,13 @@ def build_storm(workdir):
     return exe
 
 
-def run_storm(exe, mode, seconds):
-    out = subprocess.run(["taskset", "-c", WORKLOAD_CPU, exe, mode, str(seconds)],
+def run_storm(exe, mode, seconds, rate=0, name=None):
+    out = subprocess.run(["taskset", "-c", WORKLOAD_CPU, exe, mode, str(seconds), str(rate)],
                          capture_output=True, text=True, timeout=seconds + 60)
     if out.returncode:
         raise SystemExit(f"benchmark: {mode} storm failed: {out.stderr.strip()}")
     ops, elapsed, cpu = (float(x) for x in out.stdout.split())
-    return {mode: (ops / elapsed, ops / cpu)}
+    return {name or mode: (ops / elapsed, ops / cpu)}
 
 
 def run_mixed(workdir, seconds):
@@ -259,13 +279,13 @@ def run_mixed(workdir, seconds):
 class Tapio:
     """A collector streaming to the benchmark's server, both on the watcher CPU."""
 
-    def __init__(self, workdir, server_address, n):
+    def __init__(self, workdir, server_address, n, extra=()):
         self.log_path = os.path.join(workdir, f"collector-{n}.log")
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             ["taskset", "-c", WATCHER_CPU, os.path.join(BIN, "tapio-collector"), "--enable-ebpf",
              "--server", server_address, "--enable-k8s=false", "--metrics-interval", "0",
-             "--http-port", "0"], stdout=subprocess.DEVNULL, stderr=self.log)
+             "--http-port", "0", *extra], stdout=subprocess.DEVNULL, stderr=self.log)
         # measured from when it streams: start-up (imports, attach, connect) is not its running cost
         wait_for(lambda: "Connected to Tapio server" in read_text(self.log_path) or self.proc.poll() is not None,
                  120, "the collector to connect")
@@ -324,10 +344,10 @@ class Bpftrace:
 
 # --- one round ------------------------------------------------------------------------------
 
-def measure(condition, workload, workdir, server_address, n):
+def measure(condition, workload, workdir, server_address, n, collector_args=()):
     watcher = None
     if condition == "tapio":
-        watcher = Tapio(workdir, server_address, n)
+        watcher = Tapio(workdir, server_address, n, collector_args)
     elif condition == "bpftrace":
         watcher = Bpftrace(workdir, n)
     result = {"condition": condition}
@@ -400,6 +420,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="A/B rounds per workload")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one workload run")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 1.5 s (smoke test)")
+    parser.add_argument("--workload", action="append", choices=WORKLOADS,
+                        help="run only this workload (repeatable; default: all)")
+    parser.add_argument("--collector-args", default="",
+                        help="more tapio-collector flags, e.g. \"--read-interval 10ms\"")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds = 2, 1.5
@@ -416,8 +440,13 @@ def main():
         workloads = {
             "exec storm": lambda: run_storm(storm, "exec", args.seconds),
             "connect storm": lambda: run_storm(storm, "connect", args.seconds),
+            # ~4 events per connection (connect, accept, two closes): ~10 k events/s, the rate
+            # of the collector's CPU target
+            "paced connects": lambda: run_storm(storm, "connect", args.seconds, PACED_CONNECTS,
+                                                f"connect {PACED_CONNECTS:,}/s"),
             "mixed (stress-ng)": lambda: run_mixed(workdir, max(2, round(args.seconds))),
         }
+        workloads = {name: run for name, run in workloads.items() if name in (args.workload or WORKLOADS)}
         port = free_port()
         server_log = os.path.join(workdir, "server.log")
         with open(server_log, "wb") as log:
@@ -440,7 +469,8 @@ def main():
                     for condition in order:
                         n += 1
                         started = time.monotonic()
-                        r = measure(condition, workload, workdir, f"127.0.0.1:{port}", n)
+                        r = measure(condition, workload, workdir, f"127.0.0.1:{port}", n,
+                                    shlex.split(args.collector_args))
                         if condition != "none":
                             # a watcher's CPU as a share of one core, over the workload's run
                             r["cpu_pct"] = 100 * r["cpu_s"] / args.seconds
@@ -458,6 +488,7 @@ def main():
 
     print_report(report, args)
     write_json(args.json, {"benchmark": "overhead", "machine": machine(), "rounds": args.rounds,
+                           "collector_args": args.collector_args,
                            "seconds_per_run": args.seconds, "server_events": int(stored.group(1)) if stored else None,
                            "results": report})
 
