@@ -62,7 +62,8 @@ def load(seconds):
 
 def read_for(probes, arena, seconds, per_event, coalesce):
     """Read until `seconds` pass; returns (events, wake-ups, cpu seconds). After each wake-up the
-    reader lets `coalesce` seconds of events gather, as the collector does (--read-coalesce)."""
+    reader lets `coalesce` seconds of events gather (the collector now reads on a timer instead:
+    --read-interval)."""
     poller = select.epoll()
     poller.register(probes.epoll_fd, select.EPOLLIN)
     events = wakeups = 0

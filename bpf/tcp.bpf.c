@@ -146,6 +146,10 @@ int BPF_PROG(tapio_tcp_state, const struct sock *sk, const int oldstate, const i
 		return 0;
 	}
 
+	/* only a connect's outcome and a close are reported: the other moves of a connection
+	 * (about ten per connection in all) need not pay for the map lookup */
+	if (oldstate != TCP_SYN_SENT && newstate != TCP_CLOSE)
+		return 0;
 	owner = bpf_map_lookup_elem(&sock_owners, &key);
 	if (!owner)
 		return 0;
