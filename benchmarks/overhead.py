@@ -2,6 +2,7 @@
 
     python benchmarks/overhead.py [--json PATH] [--rounds N] [--seconds S] [--quick]
                                   [--workload NAME ...] [--collector-args "FLAGS"]
+                                  [--baseline-collector PATH]
 
 Needs root and two CPUs. The workload runs pinned to CPU 0, whatever watches it to CPU 1:
 
@@ -15,7 +16,10 @@ Each workload runs in interleaved rounds under three conditions, in a rotating o
 nothing attached; Tapio (a running `tapio-server` and a `tapio-collector --enable-ebpf` streaming
 to it, both pinned to CPU 1, with its default flags but Kubernetes off); and, as the reference a
 user would otherwise reach for, `bpftrace` attached to the same tracepoints printing the same
-fields to a file. Reported, medians over the rounds with their spread (min-max):
+fields to a file. With --baseline-collector, a fourth condition runs another build's
+tapio-collector (e.g. an older checkout's .venv/bin/tapio-collector, default flags) with the same
+server: before and after a change, in the same rounds. Reported, medians over the rounds with
+their spread (min-max):
 
 (a) the workload's slowdown against the nothing-attached run of the same round, twice: in CPU
     time per operation (user + system of the workload and its children: what tracing adds to the
@@ -279,11 +283,11 @@ def run_mixed(workdir, seconds):
 class Tapio:
     """A collector streaming to the benchmark's server, both on the watcher CPU."""
 
-    def __init__(self, workdir, server_address, n, extra=()):
+    def __init__(self, workdir, server_address, n, extra=(), exe=None):
         self.log_path = os.path.join(workdir, f"collector-{n}.log")
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            ["taskset", "-c", WATCHER_CPU, os.path.join(BIN, "tapio-collector"), "--enable-ebpf",
+            ["taskset", "-c", WATCHER_CPU, exe or os.path.join(BIN, "tapio-collector"), "--enable-ebpf",
              "--server", server_address, "--enable-k8s=false", "--metrics-interval", "0",
              "--http-port", "0", *extra], stdout=subprocess.DEVNULL, stderr=self.log)
         # measured from when it streams: start-up (imports, attach, connect) is not its running cost
@@ -344,10 +348,12 @@ class Bpftrace:
 
 # --- one round ------------------------------------------------------------------------------
 
-def measure(condition, workload, workdir, server_address, n, collector_args=()):
+def measure(condition, workload, workdir, server_address, n, collector_args=(), baseline=None):
     watcher = None
     if condition == "tapio":
         watcher = Tapio(workdir, server_address, n, collector_args)
+    elif condition == "baseline":
+        watcher = Tapio(workdir, server_address, n, exe=baseline)
     elif condition == "bpftrace":
         watcher = Bpftrace(workdir, n)
     result = {"condition": condition}
@@ -379,12 +385,12 @@ def spread(values, fmt="{:,.0f}"):
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
-def summarize(name, rounds):
+def summarize(name, rounds, conditions=CONDITIONS):
     """Per condition: the workload's rates, the slowdown against the same round's bare run,
     the watcher's CPU per million events and memory, the BPF time per program."""
     bare = [r for r in rounds if r["condition"] == "none"]
     out = {}
-    for condition in CONDITIONS:
+    for condition in conditions:
         mine = [r for r in rounds if r["condition"] == condition]
         metrics = {}
         for metric in mine[0]["rates"]:
@@ -422,6 +428,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="2 rounds of 1.5 s (smoke test)")
     parser.add_argument("--workload", action="append", choices=WORKLOADS,
                         help="run only this workload (repeatable; default: all)")
+    parser.add_argument("--baseline-collector", metavar="PATH",
+                        help="another build's tapio-collector, measured in the same rounds")
     parser.add_argument("--collector-args", default="",
                         help="more tapio-collector flags, e.g. \"--read-interval 10ms\"")
     args = parser.parse_args()
@@ -435,6 +443,11 @@ def main():
         if shutil.which(tool) is None:
             raise SystemExit(f"benchmark: needs {tool} (./build.sh bench installs it)")
 
+    conditions = CONDITIONS
+    if args.baseline_collector:
+        if not os.access(args.baseline_collector, os.X_OK):
+            raise SystemExit(f"benchmark: {args.baseline_collector} is not an executable tapio-collector")
+        conditions += ("baseline",)
     with tempfile.TemporaryDirectory() as workdir, Stats():
         storm = build_storm(workdir)
         workloads = {
@@ -464,13 +477,13 @@ def main():
             for name, workload in workloads.items():
                 rounds = []
                 for i in range(args.rounds):
-                    order = CONDITIONS[i % 3:] + CONDITIONS[:i % 3]
+                    order = conditions[i % len(conditions):] + conditions[:i % len(conditions)]
                     by_condition = {}
                     for condition in order:
                         n += 1
                         started = time.monotonic()
                         r = measure(condition, workload, workdir, f"127.0.0.1:{port}", n,
-                                    shlex.split(args.collector_args))
+                                    shlex.split(args.collector_args), args.baseline_collector)
                         if condition != "none":
                             # a watcher's CPU as a share of one core, over the workload's run
                             r["cpu_pct"] = 100 * r["cpu_s"] / args.seconds
@@ -479,21 +492,22 @@ def main():
                               + ", ".join(f"{k} {v[0]:,.0f}/s ({v[1]:,.0f}/CPU s)" for k, v in r["rates"].items())
                               + (f", {r['events']:,} events, {r['cpu_s']:.2f} CPU s" if "events" in r else "")
                               + f" ({time.monotonic() - started:.0f} s)", file=sys.stderr)
-                    rounds.extend(by_condition[c] for c in CONDITIONS)
-                report[name] = summarize(name, rounds)
+                    rounds.extend(by_condition[c] for c in conditions)
+                report[name] = summarize(name, rounds, conditions)
         finally:
             stop(server)
         text = read_text(server_log)
         stored = re.search(r"Stopped after (\d+) events", text)
 
-    print_report(report, args)
+    print_report(report, args, conditions[1:])
     write_json(args.json, {"benchmark": "overhead", "machine": machine(), "rounds": args.rounds,
                            "collector_args": args.collector_args,
+                           "baseline_collector": args.baseline_collector,
                            "seconds_per_run": args.seconds, "server_events": int(stored.group(1)) if stored else None,
                            "results": report})
 
 
-def print_report(report, args):
+def print_report(report, args, watchers):
     print(f"Workload on CPU 0, watcher on CPU 1; {args.rounds} interleaved rounds of {args.seconds:g} s; "
           "median (min-max)")
     print()
@@ -501,17 +515,17 @@ def print_report(report, args):
     for name, by in report.items():
         for metric in by["none"]["metrics"]:
             row = [metric, spread(by["none"]["metrics"][metric]["ops_per_cpu_s"])]
-            for condition in ("tapio", "bpftrace"):
+            for condition in watchers:
                 row.append(spread(by[condition]["metrics"][metric]["slowdown_cpu_pct"], "{:+.1f}%"))
-            for condition in ("tapio", "bpftrace"):
+            for condition in watchers:
                 row.append(spread(by[condition]["metrics"][metric]["slowdown_wall_pct"], "{:+.1f}%"))
             rows.append(row)
-    print_table(["workload", "bare ops per CPU s", "CPU per op: Tapio", "bpftrace",
-                 "wall clock: Tapio", "bpftrace"], rows)
+    print_table(["workload", "bare ops per CPU s"] + [f"CPU per op: {w}" for w in watchers]
+                + [f"wall clock: {w}" for w in watchers], rows)
     print()
     rows = []
     for name, by in report.items():
-        for condition in ("tapio", "bpftrace"):
+        for condition in watchers:
             e = by[condition]
             events_per_s = [x / args.seconds for x in e["events_per_s"]]
             rows.append([name, condition, spread(events_per_s), spread(e["cpu_pct_of_core"], "{:.1f}"),
@@ -522,7 +536,7 @@ def print_report(report, args):
     print()
     rows = []
     for name, by in report.items():
-        for condition in ("tapio", "bpftrace"):
+        for condition in watchers:
             for prog, s in sorted(by[condition]["bpf"].items()):
                 if s["run_cnt"]:
                     rows.append([name, condition, prog, f"{s['run_cnt']:,}", f"{s['ns_per_run']:.0f}"])
