@@ -129,6 +129,10 @@ int BPF_PROG(tapio_tcp_state, const struct sock *sk, const int oldstate, const i
 	struct sock_owner *owner;
 	__u16 family;
 
+	/* only a connect, its outcome and a close are of interest: the other moves of a
+	 * connection (about half of its ten or so) return before reading anything */
+	if (newstate != TCP_SYN_SENT && oldstate != TCP_SYN_SENT && newstate != TCP_CLOSE)
+		return 0;
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
@@ -146,10 +150,6 @@ int BPF_PROG(tapio_tcp_state, const struct sock *sk, const int oldstate, const i
 		return 0;
 	}
 
-	/* only a connect's outcome and a close are reported: the other moves of a connection
-	 * (about ten per connection in all) need not pay for the map lookup */
-	if (oldstate != TCP_SYN_SENT && newstate != TCP_CLOSE)
-		return 0;
 	owner = bpf_map_lookup_elem(&sock_owners, &key);
 	if (!owner)
 		return 0;
