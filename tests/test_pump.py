@@ -43,7 +43,8 @@ class RecordingSink:
         return [b[2].event_id(i) for b in self.batches for i in range(len(b[2]))]
 
 
-def make_pump(source, sink=None, path="raw", buffer_size=1000, flush_interval=0.5, batch_size=100):
+def make_pump(source, sink=None, path="raw", buffer_size=1000, flush_interval=0.5, batch_size=100,
+              read_interval=0.001):
     config = ProcessorConfig(enable_raw_path=path in ("raw", "both"),
                              enable_semantic_path=path in ("semantic", "both"),
                              batch_size=batch_size, semantic_batch_size=batch_size,
@@ -51,7 +52,7 @@ def make_pump(source, sink=None, path="raw", buffer_size=1000, flush_interval=0.
     processor = DualPathProcessor(config)
     sink = sink or RecordingSink()
     pump = Pump(source, sink, BatchEncoder("c1", "n1", 0), processor, buffer_size, flush_interval,
-                first_batch_id=1, read_interval=0.001)
+                first_batch_id=1, read_interval=read_interval)
     return pump, sink, processor
 
 
@@ -78,6 +79,45 @@ async def test_an_idle_sink_gets_each_event_at_once(autojump_clock):
     starts = [b[0] for b in sink.batches]
     for n, t in enumerate(starts[:10]):
         assert t == pytest.approx(n / 10, abs=0.003)
+    assert_ledger_closes(pump, processor, sink)
+
+
+class PromisingSource(SyntheticSource):
+    """The synthetic source, keeping what the pump promised it (what the kernel is told)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.promises = []          # (time, seconds): read again within seconds; 0: no promise
+
+    def read_within(self, seconds):
+        self.promises.append((trio.current_time(), seconds))
+
+
+async def test_a_steady_flow_is_read_and_sent_once_per_read_interval(autojump_clock):
+    source = PromisingSource(rate=10_000)
+    pump, sink, processor = make_pump(source, flush_interval=5.0, read_interval=0.005)
+    await run_for(pump, 1.0)
+    # a batch per 5 ms of events, not one per event or per wake-up
+    sizes = [len(b[2]) for b in sink.batches]
+    assert 180 <= len(sizes) <= 210 and max(sizes[:-1]) <= 60
+    starts = [b[0] for b in sink.batches]
+    assert all(gap == pytest.approx(0.005, abs=0.001) for gap in
+               (b - a for a, b in zip(starts[1:-2], starts[2:-1])))
+    # each read promised the next one: the kernel had no reason to wake the reader
+    assert [s for _, s in source.promises if s != 0.005] == []
+    assert_ledger_closes(pump, processor, sink)
+
+
+async def test_the_promise_is_withdrawn_before_the_pump_blocks(autojump_clock):
+    source = PromisingSource(rate=10)
+    pump, sink, processor = make_pump(source, flush_interval=5.0, read_interval=0.005)
+    await run_for(pump, 1.05)
+    # 100 ms between events: after each, one read a read interval later finds nothing, and the
+    # promise is withdrawn before the pump waits to be woken
+    withdrawn = [t for t, s in source.promises if s == 0]
+    assert len(withdrawn) == len(sink.batches) == 11
+    for t, batch in zip(withdrawn, sink.batches):
+        assert t == pytest.approx(batch[0] + 0.005, abs=0.001)
     assert_ledger_closes(pump, processor, sink)
 
 
