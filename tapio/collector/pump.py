@@ -1,8 +1,8 @@
 """The collector's main loop: kernel -> arena -> batch bytes -> sink, in one trio task.
 
 Reading: while events flow, the source is read once per `read_interval`, not once per event:
-each wake-up costs the collector a trio round, a batch, a thread hop and an ack, and the kernel
-a wakeup costs an irq_work (12-15 us on a VM). Before each read the loop promises the source to
+each read costs the collector a trio round, a batch, thread hops and an ack, and each wakeup
+costs the kernel an irq_work (12-15 us on a VM). Before each read the loop promises the source to
 read again within the interval, so that the kernel wakes nobody meanwhile (submit() in
 bpf/emit.bpf.h); after a read that found nothing it withdraws the promise, reads once more
 (for what came in meanwhile) and only then blocks, to be woken by the next event. So a lone
