@@ -91,19 +91,27 @@ def _correlation(args):
     return store, exporter, correlation
 
 
+def connect(ingest, store, correlation):
+    """Ingest feeds the store and the correlation engine, tells the engine of gaps (groups whose
+    window overlaps one are marked incomplete), and tells both which collector ids it forgot
+    (past --max-collectors)."""
+    ingest.consumers.append(store.add_batch)
+    ingest.consumers.append(correlation.consume)
+    ingest.gap_listeners.append(correlation.mark_gap)
+    ingest.forget_listeners.append(store.forget_collectors)
+    ingest.forget_listeners.append(correlation.forget)
+
+
 async def _main(args):
     auth = Auth(args.auth_token_file, bind_cert=getattr(args, "bind_collector_cert", False))
     credentials = _credentials(args)
     ingest = Ingest(events_out=args.events_out, queue_batches=args.ingest_queue,
-                    batch_delay=args.debug_batch_delay, pause_grace=getattr(args, "pause_grace", 5.0))
+                    batch_delay=args.debug_batch_delay, pause_grace=getattr(args, "pause_grace", 5.0),
+                    max_collectors=getattr(args, "max_collectors", 10000))
     service = TapioService(ingest, authorize=auth, hello_timeout=getattr(args, "hello_timeout", 10.0),
                            idle_timeout=getattr(args, "stream_idle_timeout", 900.0))
     store, exporter, correlation = _correlation(args)
-    ingest.consumers.append(store.add_batch)
-    ingest.consumers.append(correlation.consume)
-    if hasattr(correlation, "mark_gap"):
-        # groups whose window overlaps a gap in a collector's events are marked incomplete
-        ingest.gap_listeners.append(correlation.mark_gap)
+    connect(ingest, store, correlation)
     query = QueryService(store, authorize=auth)
     server = GrpcServer(service, args.host, args.grpc_port, args.max_message_size,
                         args.max_streams, args.enable_reflection, credentials,

@@ -33,6 +33,9 @@ examples:
            help="largest message accepted (larger: RESOURCE_EXHAUSTED)")
     p.flag("--max-streams", type=positive(int), default=256, metavar="N",
            help="most concurrent collector streams")
+    p.flag("--max-collectors", type=positive(int), default=10000, metavar="N",
+           help="collector ids tracked at most (ids are free to invent): past it, the least "
+                "recently heard disconnected ones are forgotten; connected ones never are")
     p.flag("--ingest-queue", type=positive(int), default=256, metavar="BATCHES",
            help="decoded batches waiting for processing; past 3/4 of it collectors are paused")
     p.flag("--debug-batch-delay", type=parse_duration, default="0", metavar="DURATION",

@@ -344,7 +344,8 @@ def stats_json(surface, sampler):
         "acks": {"ok": ingest.batches, "duplicate": ingest.duplicates},
         "drops": _drops(surface),
         "collectors": {"connected": sum(1 for c in collectors if c.connected),
-                       "known": len(collectors)},
+                       "known": len(collectors), "max": ingest.max_collectors,
+                       "forgotten": ingest.collector_ids_forgotten},
         "ingest": {"backlog": ingest.backlog(), "pauses": ingest.pauses},
         "streams_refused": surface.auth.refused if surface.auth is not None else 0,
         "calls_denied": surface.auth.denied if surface.auth is not None else 0,
@@ -447,8 +448,14 @@ class ServerMetrics:
         f.add("tapio_messages_malformed_total", ingest.decode_errors)
         f.gauge("tapio_collectors_connected", "Collectors with a stream open")
         f.add("tapio_collectors_connected", sum(1 for c in collectors if c.connected))
-        f.gauge("tapio_collectors_known", "Collectors seen since the server started")
+        f.gauge("tapio_collectors_known",
+                "Collector ids the server tracks: the connected ones, and the most recently heard "
+                "others up to --max-collectors")
         f.add("tapio_collectors_known", len(collectors))
+        f.counter("tapio_collector_ids_forgotten_total",
+                  "Disconnected collector ids forgotten (in every per-collector table) to stay "
+                  "within --max-collectors")
+        f.add("tapio_collector_ids_forgotten_total", ingest.collector_ids_forgotten)
         f.gauge("tapio_ingest_queue_batches", "Decoded batches waiting for the ingest engine")
         f.add("tapio_ingest_queue_batches", ingest.backlog())
         f.counter("tapio_stream_pauses_total", "Times a collector was asked to pause (backpressure)")

@@ -20,7 +20,14 @@ microseconds of their start) plus MAX_ID_SKEW is refused with INVALID_ARGUMENT i
 remembered. One live stream per collector id: a second one replaces the first, which is ended
 with ABORTED, logged and counted (CollectorState.replaced), so two processes that claim one id
 show up instead of silently sharing its window.
+
+Collector ids are free to invent, so the ids tracked are bounded (`max_collectors`): past the
+cap, the least recently heard ids without a live stream are forgotten, here and, through the
+forget listeners, in every other table kept per collector id (the store's recent events, the
+correlation engine's state). Connected ids are never forgotten. This is the one place that
+decides; a forgotten id that comes back starts afresh.
 """
+import collections
 import json
 import logging
 import os
@@ -81,6 +88,7 @@ class CollectorState:
         self.replaced = 0               # streams ended because a newer one said hello as it
         self.ids_refused = 0            # batches refused: their id was far ahead of the clock
         self.sequence = SequenceTracker()    # its event sequence: gaps, and its reported ledger
+        self.forgotten = False          # dropped past --max-collectors: its queued batches too
 
     @property
     def connected(self):
@@ -165,12 +173,24 @@ class StreamSession:
 
 
 class Ingest:
+    # forgetting ids again within this many seconds is the same burst: logged once
+    FORGET_LOG_QUIET_S = 60.0
+
     def __init__(self, events_out=None, queue_batches=256, batch_delay=0.0, log_every=1000,
-                 pause_grace=5.0):
+                 pause_grace=5.0, max_collectors=10000):
         self._lock = threading.Lock()          # guards collectors and counters read by others
+        # held by the engine thread while it processes a batch, and while ids are forgotten:
+        # no consumer adds a forgotten id back
+        self._forget_lock = threading.Lock()
         self.pause_grace = pause_grace         # seconds a paused stream may go on sending
         self.pause_ignored = 0                 # streams ended for it
-        self.collectors = {}
+        self.collectors = collections.OrderedDict()     # id -> CollectorState, least recently heard first
+        self.max_collectors = max_collectors
+        self.collector_ids_forgotten = 0
+        # callables([collector ids]): drop what they keep for these ids (any thread but the
+        # engine's, never while it processes a batch)
+        self.forget_listeners = []
+        self._forgot_at = None                  # monotonic time of the latest forgetting
         self.events = 0
         self.batches = 0
         self.duplicates = 0
@@ -215,6 +235,7 @@ class Ingest:
             state = self.collectors.get(collector_id)
             if state is None:
                 state = self.collectors[collector_id] = CollectorState(collector_id)
+            self.collectors.move_to_end(collector_id)
             state.node_name = node_name or state.node_name
             state.version = version or state.version
             state.peer = session.peer
@@ -232,6 +253,7 @@ class Ingest:
             older.out.put((grpc.StatusCode.ABORTED, f"replaced by a newer stream for collector "
                                                     f"{collector_id!r} from {session.peer}"))
         log.info("Collector %s connected from %s", collector_id, session.peer)
+        self._forget_over_cap()
 
     def goodbye(self, session, reason):
         if session.collector is None:
@@ -242,6 +264,41 @@ class Ingest:
                 session.collector.session = None
             self._paused.discard(session)
         log.info("Collector %s disconnected: %s", session.collector.collector_id, reason)
+        self._forget_over_cap()     # the cap may have been held only by connected ids
+
+    def _forget_over_cap(self):
+        """Past max_collectors, forget the least recently heard ids without a live stream,
+        here and in every forget listener's table, at once."""
+        if len(self.collectors) <= self.max_collectors:
+            return
+        with self._forget_lock:
+            with self._lock:
+                excess = len(self.collectors) - self.max_collectors
+                gone = []
+                for state in self.collectors.values():
+                    if len(gone) >= excess:
+                        break
+                    if not state.connected:
+                        gone.append(state)
+                for state in gone:
+                    del self.collectors[state.collector_id]
+                    state.forgotten = True
+                self.collector_ids_forgotten += len(gone)
+            if not gone:
+                return
+            ids = [state.collector_id for state in gone]
+            for listener in self.forget_listeners:
+                try:
+                    listener(ids)
+                except Exception:
+                    log.exception("forget listener %r failed", listener)
+        now = time.monotonic()
+        if self._forgot_at is None or now - self._forgot_at > self.FORGET_LOG_QUIET_S:
+            log.warning("More than %d collector ids (--max-collectors): forgetting the least "
+                        "recently heard disconnected ones, first %r (counted in "
+                        "tapio_collector_ids_forgotten_total; said again after %gs without)",
+                        self.max_collectors, ids[0][:80], self.FORGET_LOG_QUIET_S)
+        self._forgot_at = now
 
     def submit(self, session, batch):
         """Queue a decoded batch (blocks while the queue is full); its ack follows on
@@ -308,16 +365,21 @@ class Ingest:
                 if self.batch_delay:
                     time.sleep(self.batch_delay)
                 state = session.collector
-                gaps = self._accept(state, batch)
+                with self._forget_lock:
+                    if state.forgotten:
+                        # queued by a stream gone since: not acked, its collector sends it again
+                        continue
+                    gaps = self._accept(state, batch)
+                    if gaps is not None:
+                        for gap in gaps:
+                            self._on_gap(state, gap)
+                        for consume in self.consumers:
+                            try:
+                                consume(batch, state)
+                            except Exception:
+                                log.exception("consumer %r failed on a batch from %s", consume,
+                                              state.collector_id)
                 if gaps is not None:
-                    for gap in gaps:
-                        self._on_gap(state, gap)
-                    for consume in self.consumers:
-                        try:
-                            consume(batch, state)
-                        except Exception:
-                            log.exception("consumer %r failed on a batch from %s", consume,
-                                          state.collector_id)
                     session.out.put(ack_bytes(batch.batch_id, _Ack.STATUS_OK, len(batch)))
                 else:
                     session.out.put(ack_bytes(batch.batch_id, _Ack.STATUS_DUPLICATE, 0, "already received"))
@@ -331,6 +393,7 @@ class Ingest:
         n = len(batch)
         first_ns, last_ns = _time_range(batch)
         with self._lock:
+            self.collectors.move_to_end(state.collector_id)     # heard from just now
             if batch.batch_id and not state.seen.add(batch.batch_id):
                 state.duplicates += 1
                 self.duplicates += 1

@@ -71,6 +71,10 @@ class Store:
         self.events_received += len(batch)
         self.subscriptions.publish_events(batch, collector)
 
+    def forget_collectors(self, collector_ids):
+        """The ingest forget listener: the recent events of ids the server no longer tracks."""
+        self.recent.forget(collector_ids)
+
     def _find(self, type, pid, comm, container, collector, limit):
         return self.recent.find(type_number=vocab.event_type_number(type) if type else 0,
                                 pid=int(pid or 0), comm=comm.encode() if comm else None,
