@@ -66,7 +66,8 @@ def _make_sink(args, event_types):
         servers=args.server, transport=GrpcTransport(channels, args.connect_timeout),
         buffer=buffer, hello=lambda: _hello(args, event_types),
         backoff=Backoff(args.backoff_initial, args.backoff_max, args.backoff_multiplier),
-        pause_timeout=args.pause_timeout or None)
+        pause_timeout=args.pause_timeout or None,
+        heartbeat_interval=getattr(args, "heartbeat_interval", 60.0))
 
 
 async def _open_source(args):

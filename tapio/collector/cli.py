@@ -132,6 +132,9 @@ examples:
     p.flag("--pause-timeout", type=non_negative(parse_duration), default="60s", metavar="DURATION",
            help="a server's PAUSE held longer than this ends the stream and fails over to the next "
                 "--server (0: wait as long as the server says)")
+    p.flag("--heartbeat-interval", type=non_negative(parse_duration), default="60s", metavar="DURATION",
+           help="on a stream with nothing to send for this long (a quiet node), send a heartbeat, so "
+                "that the server's --stream-idle-timeout does not end it (0: never)")
     p.flag("--shutdown-timeout", type=non_negative(parse_duration), default="10s", metavar="DURATION",
            help="on SIGINT/SIGTERM, the longest the collector takes to flush and wait for the "
                 "server's acks; what is left is counted as not delivered (and stays in the spool)")
