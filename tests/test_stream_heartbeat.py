@@ -1,8 +1,8 @@
 """A collector on a quiet node keeps its stream: the real tapio-server ends streams silent for
---stream-idle-timeout (2 s here), and the real tapio-collector (real eBPF, OOM kills only: nothing
-to send), sends a
-heartbeat every --heartbeat-interval, which the server's idle clock counts. Without heartbeats
-the same quiet collector is cut, and so is a raw client that says hello and then nothing."""
+--stream-idle-timeout (2 s here), and the real tapio-collector (real eBPF, OOM kills only:
+nothing to send) sends a heartbeat every --heartbeat-interval, which the server's idle clock
+counts. Without heartbeats the same quiet collector is cut, and so is a raw client that says
+hello and then nothing."""
 import os
 import threading
 import time
