@@ -383,9 +383,12 @@ class Ingest:
                     session.out.put(ack_bytes(batch.batch_id, _Ack.STATUS_OK, len(batch)))
                 else:
                     session.out.put(ack_bytes(batch.batch_id, _Ack.STATUS_DUPLICATE, 0, "already received"))
+            finally:
+                # after whatever left the queue, a stream's end too: when the last items before
+                # the low-water mark are the ends of streams cut for flooding, the streams they
+                # paused must still hear RESUME
                 if self._paused and self._queue.qsize() <= self._low:
                     self._resume_all()
-            finally:
                 self._queue.task_done()
 
     def _accept(self, state, batch):
