@@ -1,6 +1,7 @@
 """Stream limits on a real grpcio server on 127.0.0.1 with the real TapioService, asked by real gRPC
 clients: a per-token cap below the total, so one token cannot fill the server, and health checks
 and queries that still get in when the collector streams are full."""
+import os
 import threading
 import time
 
@@ -16,7 +17,7 @@ from tapio.server.store import Store
 from tapio.server.subscribe import SERVICE as QUERY_SERVICE, QueryService
 from tapio.v1 import query_pb2, query_pb2_grpc, stream_pb2
 from tests.correlation_fixtures import Events
-from tests.helpers import free_port, read_in_background, wait_until
+from tests.helpers import BIN, ManagedProcess, free_port, read_in_background, wait_until
 
 TOKENS = "tok-a collector\ntok-b collector\ntok-reader reader\n"
 
@@ -249,8 +250,6 @@ def test_four_streams_that_ignore_pause_do_not_starve_a_real_collector(tmp_path)
     real tapio-collector (which pauses when told) streams 2,000 events. The four are cut with
     RESOURCE_EXHAUSTED after the grace period; the collector keeps its one stream and every one
     of its events is accepted, long before the flood would have ended on its own (30 s)."""
-    from tests.helpers import BIN, ManagedProcess
-    import os
     ingest = Ingest(queue_batches=8, batch_delay=0.002, pause_grace=0.5)
     service = TapioService(ingest)
     grpc_server = GrpcServer(service, "127.0.0.1", free_port(), 4 << 20, 16, False)
