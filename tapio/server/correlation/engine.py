@@ -28,6 +28,7 @@ import threading
 import time
 
 from tapio.server.correlation.config import CorrelationConfig
+from tapio.server.correlation.recent import RecentBytes
 from tapio.server.correlation.rules import RULES
 from tapio.server.correlation.state import CollectorState
 
@@ -43,6 +44,8 @@ class CorrelationEngine:
         self.rules = tuple(rules)
         self._lock = threading.Lock()
         self._collectors = {}
+        # the memory every collector's recent batches may take together ([limits] recent_memory)
+        self.recent_budget = RecentBytes(self.config.limits.recent_memory)
         self.groups_opened = collections.Counter()
         self.groups_closed = collections.Counter()
         self.trees_rate_limited = 0
@@ -99,6 +102,7 @@ class CorrelationEngine:
                     collector.tick(True)
                 except Exception:
                     log.exception("closing the groups of forgotten collector %s failed", collector_id)
+                collector.recent.clear()
 
     def collectors(self):
         """How many collector ids the engine keeps state for."""
@@ -150,6 +154,8 @@ class CorrelationEngine:
             "sink_errors": self.sink_errors,
             "gaps_marked": self.gaps_marked,
             "groups_marked_incomplete": self.groups_marked_incomplete,
+            "recent_bytes": self.recent_budget.nbytes,
+            "recent_max_bytes": self.recent_budget.max_bytes,
         }
 
 

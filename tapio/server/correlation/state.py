@@ -84,7 +84,7 @@ class CollectorState:
                 else:
                     options[key] = value
         self.core = Correlator(**options)
-        self.recent = RecentBatches(cfg.limits.recent_events)
+        self.recent = RecentBatches(cfg.limits.recent_events, getattr(engine, "recent_budget", None))
         self.clock = CollectorClock(engine.monotonic, int(cfg.limits.max_clock_skew * SEC))
         self.priority = collections.deque(maxlen=512)   # recent hot events, for late linking
         self.hot_events = 0

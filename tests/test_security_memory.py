@@ -1,0 +1,91 @@
+"""Memory bounded in bytes in the correlation engine too (issue row 4): every collector's recent
+batches share one byte budget ([limits] recent_memory). Events are not all one size: 200 execs
+with 16 KiB command lines each make a 3 MiB batch, and a bound by event count alone kept 312 MiB
+of them where the store kept 8."""
+import pytest
+
+from tapio.flags import ConfigError
+from tapio.server.correlation import CorrelationEngine
+from tapio.server.correlation.config import CorrelationConfig, from_dict
+from tests.correlation_fixtures import Events, State
+
+MiB = 1 << 20
+
+
+def engine(recent_memory, recent_events=50000):
+    config = CorrelationConfig()
+    config.limits.recent_memory = recent_memory
+    config.limits.recent_events = recent_events
+    return CorrelationEngine(config, timer=False)
+
+
+def fat_batch(ev, n=200, size=16000):
+    """n execs whose command lines (read from /proc) are `size` bytes: as long as a collector sends."""
+    events = [ev.exec(1000 + i, 1, "sh") for i in range(n)]
+    for event in events:
+        event.process.command_line = "x" * size
+    return ev.batch(*events)
+
+
+def kept(e):
+    """{collector id: [batch ordinals kept]} and the bytes they take, from the batches themselves."""
+    out, nbytes = {}, 0
+    for cid, c in e._collectors.items():
+        out[cid] = list(c.recent._batches)
+        nbytes += sum(b.nbytes for b in c.recent._batches.values())
+    return out, nbytes
+
+
+def test_recent_batches_of_all_collectors_stay_within_the_byte_budget_oldest_first():
+    e = engine(16 * MiB)
+    streams = [Events(collector=f"node-{i}", node=f"node-{i}") for i in range(5)]
+    fed = 0
+    for round_ in range(12):
+        for ev in streams:
+            batch = fat_batch(ev)
+            fed += batch.nbytes
+            e.consume(batch, State(ev.collector, ev.node))
+            _, nbytes = kept(e)
+            assert nbytes == e.recent_budget.nbytes <= 16 * MiB
+    assert fed > 10 * 16 * MiB
+    # the newest batches are the ones kept, over all collectors: the last one sent by each is there
+    by_collector, nbytes = kept(e)
+    assert all(by_collector[f"node-{i}"] for i in range(5))
+    assert nbytes > 16 * MiB - 2 * max(b.nbytes for c in e._collectors.values()
+                                       for b in c.recent._batches.values())
+    assert e.stats()["recent_bytes"] == nbytes and e.stats()["recent_max_bytes"] == 16 * MiB
+    e.close(flush=False)
+
+
+def test_the_budget_stays_exact_when_batches_go_by_count_or_with_their_collector():
+    e = engine(64 * MiB, recent_events=50)
+    ev, other = Events(), Events(collector="node-b", node="node-b")
+    for _ in range(2000):                                 # small batches, evicted by count
+        e.consume(ev.batch(ev.exec(7, 1, "sh"), ev.exit(7, 1, "sh")), State())
+        e.consume(other.batch(other.exec(8, 1, "sh")), State("node-b", "node-b"))
+        assert kept(e)[1] == e.recent_budget.nbytes
+    assert len(e._collectors["node-a"].recent) == 50
+    # the order of batches the budget keeps does not grow with what went by count
+    assert len(e.recent_budget._order) < 4 * (50 + 50)
+    e.forget(["node-a"])
+    assert kept(e)[1] == e.recent_budget.nbytes > 0
+    e.forget(["node-b"])
+    assert e.recent_budget.nbytes == 0
+    e.close(flush=False)
+
+
+def test_a_batch_larger_than_the_budget_is_not_kept():
+    e = engine(1 * MiB)
+    ev = Events()
+    e.consume(fat_batch(ev), State())
+    assert kept(e) == ({"node-a": []}, 0) and e.recent_budget.nbytes == 0
+    e.close(flush=False)
+
+
+def test_recent_memory_in_the_config_file():
+    assert from_dict({"limits": {"recent_memory": "64MiB"}}).limits.recent_memory == 64 * MiB
+    assert from_dict({"limits": {"recent_memory": 4096}}).limits.recent_memory == 4096
+    assert CorrelationConfig().limits.recent_memory == 128 * MiB
+    for bad in ("lots", 0, -1, True, 1.5):
+        with pytest.raises(ConfigError, match="recent_memory"):
+            from_dict({"limits": {"recent_memory": bad}})
