@@ -7,6 +7,7 @@ from tapio._fast.hashmap cimport u64map
 
 cdef enum:
     NO_SLOT = 0xFFFFFFFF
+    TABLE_START = 256         # slots a collector's tables start with: most collectors need few
     RING_MAX = 64             # most failures a connectivity threshold can count (its ring)
     CONN_FAIL_REFS = 32       # failed connects of a destination kept by reference (the rest counted)
     CONN_OK_REFS = 8          # successful ones "in between" kept by reference
