@@ -5,7 +5,7 @@ rehashed, and a collector whose processes come and go reuses freed slots instead
 from tapio._fast.correlate import Correlator
 from tests.correlation_fixtures import SEC, Events
 
-START = 256          # TABLE_START in tapio/_fast/correlate.pxd
+PROCS_START, CONNS_START = 256, 32      # in tapio/_fast/correlate.pxd
 
 
 def chunks(events, n=100):
@@ -22,8 +22,8 @@ def test_a_collector_that_sent_little_has_small_tables():
     ev = Events()
     core.feed(ev.batch(ev.exec(100, 1, "sh"), ev.connect(100, "curl", "10.0.0.1", 80)))
     stats = core.stats()
-    assert stats["process_capacity"] == 65536 and stats["process_slots"] == START
-    assert stats["destination_capacity"] == 16384 and stats["destination_slots"] == START
+    assert stats["process_capacity"] == 65536 and stats["process_slots"] == PROCS_START
+    assert stats["destination_capacity"] == 16384 and stats["destination_slots"] == CONNS_START
 
 
 def test_a_tree_spread_over_the_doublings_stays_whole():

@@ -30,7 +30,7 @@ cdef class ConnectionTable:
         if not 1 <= conn_threshold <= RING_MAX:
             raise ValueError(f"the connectivity threshold must be within 1..{RING_MAX}, not {conn_threshold}")
         self.conns_cap = max_connections
-        self.conns_size = TABLE_START if max_connections > TABLE_START else max_connections
+        self.conns_size = CONNS_START if max_connections > CONNS_START else max_connections
         self.conns = <conn_t *>PyMem_RawMalloc(self.conns_size * sizeof(conn_t))
         if self.conns == NULL:
             raise MemoryError()

@@ -55,7 +55,7 @@ cdef class ProcessTable:
         if max_tree_processes < 1:
             raise ValueError("max_tree_processes must be at least 1")
         self.procs_cap = max_processes
-        if not self._grow(TABLE_START if max_processes > TABLE_START else max_processes):
+        if not self._grow(PROCS_START if max_processes > PROCS_START else max_processes):
             raise MemoryError()
         u64map_init(&self.pids, max_processes * 2, self.procs_size * 2)
         self.free_proc = NO_SLOT
