@@ -1,8 +1,9 @@
 """Memory bounded in bytes (issue row 4). In the correlation engine: every collector's recent
 batches share one byte budget ([limits] recent_memory); events are not all one size (200 execs
 with 16 KiB command lines make a 3 MiB batch), and a bound by event count alone kept 312 MiB of
-them where the store kept 8. And in a real tapio-server process, while collector ids come and go:
-its resident memory follows the bounds, not what went through."""
+them where the store kept 8. And in a real tapio-server process: while collector ids come and go,
+its resident memory follows the bounds, not what went through; and an id costs what it sent, not
+the caps of its correlation tables."""
 import time
 
 import grpc
@@ -97,12 +98,29 @@ def test_recent_memory_in_the_config_file():
             from_dict({"limits": {"recent_memory": bad}})
 
 
-def rss_mib(pid):
+def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) >> 10
+                return int(line.split()[1])
     raise AssertionError(f"no VmRSS for {pid}")
+
+
+def rss_mib(pid):
+    return rss_kib(pid) >> 10
+
+
+def stream_one_batch(channel, cid, batch_id, events):
+    """One stream: hello as `cid`, one batch of `events`, all acked. Returns the batch's size."""
+    messages = [stream_pb2.TapioStreamEventsRequest(hello=stream_pb2.Hello(
+                    collector_id=cid, node_name="n")).SerializeToString(),
+                stream_pb2.TapioStreamEventsRequest(batch=stream_pb2.EventBatch(
+                    batch_id=batch_id, collector_id=cid, node_name="n",
+                    events=events)).SerializeToString()]
+    replies = list(channel.stream_stream("/tapio.v1.TapioService/StreamEvents")(iter(messages), timeout=30))
+    ack = stream_pb2.TapioStreamEventsResponse.FromString(replies[-1]).ack
+    assert ack.status == stream_pb2.EventAck.STATUS_OK and ack.events_accepted == len(events)
+    return len(messages[1])
 
 
 def test_a_server_stays_bounded_in_memory_while_collector_ids_come_and_go(tmp_path):
@@ -110,8 +128,9 @@ def test_a_server_stays_bounded_in_memory_while_collector_ids_come_and_go(tmp_pa
     one 3 MiB batch (200 execs of 16 KiB command lines), with --max-collectors 10 and 16 MiB for
     the store's and the engine's recent events. 300 MiB go in; the server's resident memory
     grows by the bounds and the tables of the 10 collectors kept, not by what went through (it
-    grew by about 1 GiB before the allocator's mmap threshold was pinned: freed tables came back
-    zeroed page by page, and were never given back)."""
+    grew by about 1 GiB when the correlation tables were allocated at their caps and the
+    allocator's mmap threshold was not pinned: freed tables came back zeroed page by page, and
+    were never given back)."""
     config = tmp_path / "correlation.toml"
     config.write_text('[limits]\nrecent_memory = "16MiB"\n')
     server = ServerProcess(tmp_path, flags=["--recent-events-memory", "16MiB", "--max-collectors", "10",
@@ -127,18 +146,41 @@ def test_a_server_stays_bounded_in_memory_while_collector_ids_come_and_go(tmp_pa
             events = [ev.exec(1000 + i, 1, "sh") for i in range(200)]
             for event in events:
                 event.process.command_line = "x" * 16000
-            messages = [stream_pb2.TapioStreamEventsRequest(hello=stream_pb2.Hello(
-                            collector_id=cid, node_name="n")).SerializeToString(),
-                        stream_pb2.TapioStreamEventsRequest(batch=stream_pb2.EventBatch(
-                            batch_id=start + k, collector_id=cid, node_name="n",
-                            events=events)).SerializeToString()]
-            sent += len(messages[1])
-            replies = list(channel.stream_stream("/tapio.v1.TapioService/StreamEvents")(iter(messages), timeout=30))
-            ack = stream_pb2.TapioStreamEventsResponse.FromString(replies[-1]).ack
-            assert ack.status == stream_pb2.EventAck.STATUS_OK and ack.events_accepted == 200
+            sent += stream_one_batch(channel, cid, start + k, events)
         grown = rss_mib(server.proc.pid) - before
         assert sent > 300 * MiB
         assert grown < 200, f"resident memory grew by {grown} MiB for {sent >> 20} MiB sent"
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_each_collector_id_that_sent_one_batch_costs_little_resident_memory(tmp_path):
+    """A tracked collector id is worth what it sent, not the caps of its tables: 40 ids, each one
+    stream with one batch (200 execs, their exits, 3 failed connects), grow a real server's
+    resident memory by less than 512 KiB each (about 200 KiB: their recent events and a few
+    pages of correlation tables). Each cost 1.2 MiB when its process and destination tables were
+    allocated at their caps up front (65,536 and 16,384 slots): the pid map alone, spread over
+    1.5 MiB, took a page for nearly every pid."""
+    server = ServerProcess(tmp_path).wait_listening()
+    channel = grpc.insecure_channel(server.address)
+
+    def one_batch(cid, batch_id):
+        ev = Events(collector=cid, node="n")
+        events = [ev.exec(1000 + i, 1, "sh") for i in range(200)]
+        events += [ev.exit(1000 + i, 1, "sh") for i in range(200)]
+        events += [ev.connect(1000, "curl", "10.0.0.1", 80) for _ in range(3)]
+        stream_one_batch(channel, cid, batch_id, events)
+
+    try:
+        start = time.time_ns() // 1000
+        for k in range(5):                     # what the first streams allocate once
+            one_batch(f"warm-{k}", start + k)
+        before = rss_kib(server.proc.pid)
+        for k in range(40):
+            one_batch(f"node-{k}", start + 100 + k)
+        per_id_kib = (rss_kib(server.proc.pid) - before) / 40
+        assert per_id_kib < 512, f"{per_id_kib:.0f} KiB resident per collector id"
     finally:
         channel.close()
         server.stop()

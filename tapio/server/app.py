@@ -25,12 +25,11 @@ M_MMAP_THRESHOLD = -3      # glibc's mallopt parameter (malloc.h)
 
 def pin_mmap_threshold(nbytes=128 << 10):
     """Keep blocks from `nbytes` up mmap'ed, whatever was freed before. glibc raises its mmap
-    threshold each time such a block is freed (up to 32 MiB); after that, the tables a new
-    collector's correlation state callocs (tens of MiB, mostly never used) come from the heap,
-    zeroed page by page, all resident at once, and a forgotten collector's memory rarely goes
-    back to the system: 100 collector ids coming and going took a server from 49 to 1045 MiB
-    resident, with 10 of them tracked at a time; 125 MiB with the threshold pinned. False where
-    the C library has no mallopt (musl): nothing to pin there."""
+    threshold each time such a block is freed (up to 32 MiB); after that, large blocks (batches,
+    grown correlation tables) come from the heap, and what a forgotten collector leaves there
+    rarely goes back to the system: collector ids that come and go leave about twice as much
+    resident unpinned (docs/security.md, "Limits", has the figures). False where the C library
+    has no mallopt (musl): nothing to pin there."""
     try:
         return ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, nbytes) == 1
     except (OSError, AttributeError):
