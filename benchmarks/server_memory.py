@@ -179,11 +179,11 @@ def main():
     ap.add_argument("--baseline-pythonpath", metavar="DIR", help="another build's tapio package is in DIR")
     args = ap.parse_args()
     if args.ids < 1:
-        raise SystemExit("benchmark: --ids must be at least 1")
+        ap.error("--ids must be at least 1")
     builds = [("this checkout", None)]
     if args.baseline_pythonpath:
         if not os.path.isdir(os.path.join(args.baseline_pythonpath, "tapio")):
-            raise SystemExit(f"benchmark: no tapio package in {args.baseline_pythonpath}")
+            ap.error(f"no tapio package in {args.baseline_pythonpath}")
         builds.insert(0, ("baseline", args.baseline_pythonpath))
     rows, results = [], []
     with tempfile.TemporaryDirectory(prefix="tapio-memory-") as workdir:
