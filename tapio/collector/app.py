@@ -112,8 +112,9 @@ async def _collect(args, signals):
         streaming = hasattr(sink, "run")
         # new batch ids follow the wall clock (in microseconds) and whatever the spool gave back
         first_batch_id = max(time.time_ns() // 1000, sink.buffer.last_id() + 1) if streaming else 1
+        budget = _budget(args)
         pump = Pump(source, sink, encoder, processor, config.buffer_size, args.flush_interval,
-                    first_batch_id, read_coalesce=args.read_coalesce)
+                    first_batch_id, read_coalesce=args.read_coalesce, budget=budget)
         redactor = getattr(args, "redactor", None)
         pump.arena.set_redactor(redactor)
         if redactor is None:
@@ -183,6 +184,18 @@ class Shutdown:
         """How long the acks may still be waited for."""
         self._start()
         return max(0.0, self.deadline - trio.current_time())
+
+
+def _budget(args):
+    """The per-cgroup budget of --cgroup-budget, or None (off)."""
+    if not getattr(args, "cgroup_budget", None):
+        return None
+    from tapio.collector.budget import CgroupBudget
+    events, interval_ns = args.cgroup_budget
+    budget = CgroupBudget(events, interval_ns, args.cgroup_burst)
+    log.info("Cgroup budget: %d routine events per %gs per cgroup, bursts of %d; the rest is "
+             "counted in throttled events", events, interval_ns / 1e9, budget.throttle.burst)
+    return budget
 
 
 def _http(args, pump, source, sink, processor, ledger):
