@@ -94,6 +94,12 @@ def test_a_summary_waits_for_its_interval_to_end_and_carries_the_cgroup_and_the_
                               "tcp_accept": 0, "tcp_close": 0, "budget": 2, "burst": 2,
                               "interval_ns": SECOND}
     assert throttle.emit(arena, now_ns=20 * SECOND) == []            # said once
+    # an event of that interval read late (it waited in the ring buffer) goes into the next one
+    arena.clear()
+    arena.push_bytes(event(TCP_CLOSE, 10 * SECOND + 200))
+    assert throttle.emit(arena, now_ns=11 * SECOND + 1) == []
+    assert throttle.emit(arena, now_ns=12 * SECOND) == [(NOISY, (0, 0, 0, 1))]
+    assert decode(arena)[0]["timestamp_ns"] == 12 * SECOND
 
 
 def test_a_full_arena_keeps_summaries_for_the_next_round():

@@ -28,6 +28,7 @@ cdef struct throttle_entry:
     uint64_t cgroup_id
     uint64_t tat                # the bucket: see above
     uint64_t due_ns             # end of the interval its pending counts belong to; 0: none pending
+    uint64_t sent_ns            # due_ns of the latest summary made: the next one is for a later interval
     uint64_t first_ns           # the first and last suppressed event of the pending counts
     uint64_t last_ns
     uint64_t counts[4]          # THROTTLE_KINDS, pending
@@ -75,6 +76,7 @@ cdef inline throttle_entry *throttle_entry_for(throttle_t *t, uint64_t cgroup_id
     e.cgroup_id = cgroup_id
     e.tat = 0
     e.due_ns = 0
+    e.sent_ns = 0
     e.counts[0] = e.counts[1] = e.counts[2] = e.counts[3] = 0
     return e
 
@@ -94,8 +96,12 @@ cdef inline bint throttle_admit(throttle_t *t, const tapio_header *h) noexcept n
         e.tat = (e.tat if e.tat > now else now) + t.period_ns
         return True
     if e.due_ns == 0:
-        # the summary of this interval is due at its end
+        # the summary of this interval is due at its end; an event read after that interval's
+        # summary was made (it waited in the ring buffer) goes into the next one: one summary
+        # per cgroup and interval
         e.due_ns = (now // t.interval_ns + 1) * t.interval_ns
+        if e.due_ns <= e.sent_ns:
+            e.due_ns = e.sent_ns + t.interval_ns
         e.first_ns = now
         e.last_ns = now
     elif now < e.first_ns:

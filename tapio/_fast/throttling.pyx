@@ -150,6 +150,7 @@ cdef class Throttle:
             x.budget = self.c.budget
             x.burst = self.c.burst
             out.append((e.cgroup_id, (e.counts[0], e.counts[1], e.counts[2], e.counts[3])))
+            e.sent_ns = e.due_ns
             e.due_ns = 0
             e.counts[0] = e.counts[1] = e.counts[2] = e.counts[3] = 0
         if self.c.n_entries * 2 > self.c.capacity:
