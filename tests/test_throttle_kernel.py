@@ -149,6 +149,8 @@ def test_a_noisy_cgroup_is_throttled_and_every_event_is_accounted_for(tmp_path, 
         arrived = count(events, noisy, type_, did_noisy["pid"])
         assert arrived + held[type_] == did_noisy[type_], (type_, arrived, held[type_])
         assert held[type_] > 0, type_
+    # both ends of each loopback connection close in the storm's own process
+    assert count(events, noisy, "tcp_close") + held["tcp_close"] == 2 * did_noisy["tcp_connect"]
     assert all(s["budget"] == 100 and s["burst"] == 100 and s["interval_ns"] == 10**9 for s in summaries)
     # about one summary per second of storm, each for its own interval
     stamps = sorted(e["timestamp_ns"] for e in of_cgroup(events, noisy, "throttled"))
@@ -183,6 +185,7 @@ def test_with_the_budget_off_nothing_is_throttled(tmp_path, cgroups):
     assert not [e for e in events if e["type"] == "throttled"]
     for type_ in ("exec", "tcp_connect", "tcp_accept"):
         assert count(events, noisy, type_, did_noisy["pid"]) == did_noisy[type_], type_
+    assert count(events, noisy, "tcp_close") == 2 * did_noisy["tcp_connect"]
     counts, line = ledger_of(log)
     assert counts["throttled"] == 0 and "the ledger closes" in line, line
     assert "tapio_cgroup_throttled_events_total" not in metrics
