@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tests.fixtures.enrich.cgroups import CgroupTree, require_cgroup_root
-from tests.helpers import ServerProcess, StreamingCollector, http_get, require_ebpf, wait_until
+from tests.helpers import ServerProcess, StreamingCollector, http_get, http_json, require_ebpf
 from tests.test_ledger_e2e import ledger_of
 
 pytestmark = pytest.mark.kernel
@@ -122,15 +122,16 @@ def run(tmp_path, tree, flags, noisy_load, quiet_load):
         log = collector.log()
         time.sleep(0.5)
         server_metrics = http_get(server.http_url + "/metrics")[2].decode()
+        reported = http_json(server.http_url + "/api/v1/collectors")[1]["collectors"]
     finally:
         collector.stop()
         server.stop()
     return (server.events(), log, noisy_id, quiet_id, did_noisy, did_quiet,
-            metrics + server_metrics)
+            metrics + server_metrics, reported)
 
 
 def test_a_noisy_cgroup_is_throttled_and_every_event_is_accounted_for(tmp_path, cgroups):
-    events, log, noisy, quiet, did_noisy, did_quiet, metrics = run(
+    events, log, noisy, quiet, did_noisy, did_quiet, metrics, reported = run(
         tmp_path, cgroups, ["--cgroup-budget", "100/s", "--cgroup-burst", "100"],
         noisy_load=(800, 800), quiet_load=(20, 20, 0.1))
     assert did_noisy["sigsegv"] == 1
@@ -170,6 +171,10 @@ def test_a_noisy_cgroup_is_throttled_and_every_event_is_accounted_for(tmp_path, 
     everywhere = sum(sum(e["throttled"][t] for t in ROUTINE) for e in events if e["type"] == "throttled")
     assert counts["throttled"] == everywhere, line
     assert counts["dropped_kernel"] == 0, line
+    # the server shows the collector's ledger with it, and what its summaries held back by type
+    [collector] = reported
+    assert collector["ledger"]["reported"]["throttled"] == counts["throttled"]
+    assert sum(collector["throttled_by_type"].values()) == everywhere
 
     # metrics: the noisy cgroup by name among the top few, and the totals on both sides
     top = [line for line in metrics.splitlines()
@@ -180,7 +185,7 @@ def test_a_noisy_cgroup_is_throttled_and_every_event_is_accounted_for(tmp_path, 
 
 
 def test_with_the_budget_off_nothing_is_throttled(tmp_path, cgroups):
-    events, log, noisy, _, did_noisy, _, metrics = run(
+    events, log, noisy, _, did_noisy, _, metrics, _ = run(
         tmp_path, cgroups, [], noisy_load=(300, 300), quiet_load=(5, 5, 0.0))
     assert not [e for e in events if e["type"] == "throttled"]
     for type_ in ("exec", "tcp_connect", "tcp_accept"):

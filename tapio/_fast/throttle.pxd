@@ -97,7 +97,7 @@ cdef inline bint throttle_admit(throttle_t *t, const tapio_header *h) noexcept n
     if e == NULL:
         t.untracked += 1
         return True
-    if e.tat <= now + t.tau_ns:
+    if e.tat <= now or e.tat - now <= t.tau_ns:     # (no sum that could wrap)
         e.tat = (e.tat if e.tat > now else now) + t.period_ns
         return True
     if e.due_ns == 0:
