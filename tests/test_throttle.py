@@ -9,7 +9,7 @@ import trio
 from tapio._fast.arena import EventArena
 from tapio._fast.codec import BatchEncoder, DecodedBatch
 from tapio._fast.throttling import Throttle
-from tapio.collector.budget import CgroupBudget, parse_budget
+from tapio.collector.budget import CgroupBudget, parse_budget, parse_burst
 from tapio.collector.ledger import Ledger
 from tapio.collector.processor import DualPathProcessor, ProcessorConfig
 from tapio.collector.pump import Pump
@@ -139,6 +139,17 @@ def test_parse_budget(text, value):
 def test_parse_budget_refuses(text):
     with pytest.raises(argparse.ArgumentTypeError):
         parse_budget(text)
+
+
+@pytest.mark.parametrize("text", ["-1", "x", "1000000001", "1e3"])
+def test_parse_burst_refuses(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_burst(text)
+
+
+def test_a_burst_longer_than_the_table_can_count_is_refused():
+    with pytest.raises(ValueError, match="burst"):
+        Throttle(1, 3600 * SECOND, burst=10**9)
 
 
 class ListSource:

@@ -52,6 +52,9 @@ cdef class Throttle:
         if interval_ns // budget == 0:
             raise ValueError(f"a budget of {budget} events per {interval_ns} ns is more than one "
                              "event per nanosecond")
+        if burst and (burst - 1) > (1 << 62) // (interval_ns // budget):
+            raise ValueError(f"a burst of {burst} events at {budget} per {interval_ns} ns spans "
+                             "more time than the budget can count")
         if cgroups < 16:
             raise ValueError("a cgroup budget tracks at least 16 cgroups")
         self.c.budget = budget

@@ -192,7 +192,10 @@ def _budget(args):
         return None
     from tapio.collector.budget import CgroupBudget
     events, interval_ns = args.cgroup_budget
-    budget = CgroupBudget(events, interval_ns, args.cgroup_burst)
+    try:
+        budget = CgroupBudget(events, interval_ns, args.cgroup_burst)
+    except (ValueError, OverflowError) as e:
+        raise ConfigError(f"--cgroup-budget / --cgroup-burst: {e}") from None
     log.info("Cgroup budget: %d routine events per %gs per cgroup, bursts of %d; the rest is "
              "counted in throttled events", events, interval_ns / 1e9, budget.throttle.burst)
     return budget

@@ -32,6 +32,14 @@ def parse_budget(text):
     return events, int(round(seconds * 1e9))
 
 
+def parse_burst(text):
+    """--cgroup-burst: events a cgroup may send at once, 0 (one interval's budget) to 10^9."""
+    value = str(text).strip()
+    if not value.isdigit() or int(value) > 10**9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a burst: a count of events, 0 to 1000000000")
+    return int(value)
+
+
 class CgroupBudget:
     """The collector's Throttle and what it held back so far, per cgroup (the top ones)."""
 

@@ -7,7 +7,7 @@ import socket
 import sys
 
 from tapio import __version__, logs
-from tapio.collector.budget import parse_budget
+from tapio.collector.budget import parse_budget, parse_burst
 from tapio.flags import (ConfigError, FlagParser, choice, parse_duration, parse_size, positive, non_negative,
                          port)
 
@@ -102,7 +102,7 @@ examples:
                 "like 2000/s; what is over goes out as one `throttled` event per cgroup and "
                 "interval with the counts by type. Exits, OOM kills and fatal signals always "
                 "pass. 0: off")
-    p.flag("--cgroup-burst", type=non_negative(int), default=0, metavar="N",
+    p.flag("--cgroup-burst", type=parse_burst, default=0, metavar="N",
            help="events a cgroup may send at once under --cgroup-budget (0: one interval's budget)")
     p.switch("--enable-k8s", help="pod name, namespace, labels, container name and image from the "
                                   "Kubernetes API (a watch of this node's pods)")
