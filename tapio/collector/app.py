@@ -97,6 +97,7 @@ async def _main(args):
 async def _collect(args, signals):
     with contextlib.ExitStack() as cleanup:       # closes what was opened, in reverse, always
         config = processor_config(args)
+        budget = _budget(args)      # before the probes load: a bad budget is one line, not a load
         enrichment = None
         if config.enable_semantic_path:
             enrichment = Enrichment(args.node_name, args.enable_k8s, args.kubeconfig, args.enable_systemd,
@@ -112,7 +113,6 @@ async def _collect(args, signals):
         streaming = hasattr(sink, "run")
         # new batch ids follow the wall clock (in microseconds) and whatever the spool gave back
         first_batch_id = max(time.time_ns() // 1000, sink.buffer.last_id() + 1) if streaming else 1
-        budget = _budget(args)
         pump = Pump(source, sink, encoder, processor, config.buffer_size, args.flush_interval,
                     first_batch_id, read_coalesce=args.read_coalesce, budget=budget)
         redactor = getattr(args, "redactor", None)
