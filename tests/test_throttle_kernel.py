@@ -130,9 +130,10 @@ def run(tmp_path, tree, flags, noisy_load, quiet_load):
             metrics + server_metrics, reported)
 
 
-def test_a_noisy_cgroup_is_throttled_and_every_event_is_accounted_for(tmp_path, cgroups):
+@pytest.mark.parametrize("path", ["semantic", "raw"])
+def test_a_noisy_cgroup_is_throttled_and_every_event_is_accounted_for(tmp_path, cgroups, path):
     events, log, noisy, quiet, did_noisy, did_quiet, metrics, reported = run(
-        tmp_path, cgroups, ["--cgroup-budget", "100/s", "--cgroup-burst", "100"],
+        tmp_path, cgroups, ["--cgroup-budget", "100/s", "--cgroup-burst", "100", "--correlation", path],
         noisy_load=(800, 800), quiet_load=(20, 20, 0.1))
     assert did_noisy["sigsegv"] == 1
 
@@ -161,9 +162,11 @@ def test_a_noisy_cgroup_is_throttled_and_every_event_is_accounted_for(tmp_path, 
     segv = [e for e in of_cgroup(events, noisy, "signal") if e["signal"]["signal"] == 11]
     assert len(segv) == 1
     assert any(e["exit"]["signal"] == 11 for e in of_cgroup(events, noisy, "exit"))
-    # summaries carry the cgroup's context, as the enrichment gives every event of it
-    path = cgroups.path("noisy")
-    assert all(e["context"]["cgroup_path"] == path for e in of_cgroup(events, noisy, "throttled"))
+    # on the semantic path summaries carry the cgroup's context, as the enrichment gives every
+    # event of it; the raw path enriches nothing and names the cgroup by its id
+    name = cgroups.path("noisy") if path == "semantic" else str(noisy)
+    if path == "semantic":
+        assert all(e["context"]["cgroup_path"] == name for e in of_cgroup(events, noisy, "throttled"))
 
     # the ledger closes, and its throttled count is what every summary at the server adds up to
     counts, line = ledger_of(log)
@@ -178,7 +181,7 @@ def test_a_noisy_cgroup_is_throttled_and_every_event_is_accounted_for(tmp_path, 
 
     # metrics: the noisy cgroup by name among the top few, and the totals on both sides
     top = [line for line in metrics.splitlines()
-           if line.startswith("tapio_cgroup_throttled_top_events{") and f'cgroup="{path}"' in line]
+           if line.startswith("tapio_cgroup_throttled_top_events{") and f'cgroup="{name}"' in line]
     assert {line.split('type="')[1].split('"')[0] for line in top} == set(ROUTINE), top
     assert "tapio_cgroup_throttled_events_total{" in metrics
     assert 'tapio_events_throttled_total{collector=' in metrics
