@@ -98,6 +98,7 @@ async def _main(args):
 async def _collect(args, signals):
     with contextlib.ExitStack() as cleanup:       # closes what was opened, in reverse, always
         config = processor_config(args)
+        budget = _budget(args)      # before the probes load: a bad budget is one line, not a load
         enrichment = None
         if config.enable_semantic_path:
             enrichment = Enrichment(args.node_name, args.enable_k8s, args.kubeconfig, args.enable_systemd,
@@ -114,7 +115,7 @@ async def _collect(args, signals):
         # new batch ids follow the wall clock (in microseconds) and whatever the spool gave back
         first_batch_id = max(time.time_ns() // 1000, sink.buffer.last_id() + 1) if streaming else 1
         pump = Pump(source, sink, encoder, processor, config.buffer_size, args.flush_interval,
-                    first_batch_id, read_coalesce=args.read_coalesce)
+                    first_batch_id, read_coalesce=args.read_coalesce, budget=budget)
         redactor = getattr(args, "redactor", None)
         pump.arena.set_redactor(redactor)
         if redactor is None:
@@ -184,6 +185,21 @@ class Shutdown:
         """How long the acks may still be waited for."""
         self._start()
         return max(0.0, self.deadline - trio.current_time())
+
+
+def _budget(args):
+    """The per-cgroup budget of --cgroup-budget, or None (off)."""
+    if not getattr(args, "cgroup_budget", None):
+        return None
+    from tapio.collector.budget import CgroupBudget
+    events, interval_ns = args.cgroup_budget
+    try:
+        budget = CgroupBudget(events, interval_ns, args.cgroup_burst)
+    except (ValueError, OverflowError) as e:
+        raise ConfigError(f"--cgroup-budget / --cgroup-burst: {e}") from None
+    log.info("Cgroup budget: %d routine events per %gs per cgroup, bursts of %d; the rest is "
+             "counted in throttled events", events, interval_ns / 1e9, budget.throttle.burst)
+    return budget
 
 
 def _http(args, pump, source, sink, processor, ledger):

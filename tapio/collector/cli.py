@@ -7,6 +7,7 @@ import socket
 import sys
 
 from tapio import __version__, logs
+from tapio.collector.budget import parse_budget, parse_burst
 from tapio.flags import (ConfigError, FlagParser, choice, parse_duration, parse_size, positive, non_negative,
                          port)
 
@@ -96,6 +97,13 @@ examples:
            help="semantic path: drop events of these commands (as in /proc/PID/comm)")
     p.flag("--include-cgroup", type=comma_list, default="", metavar="PREFIX[,PREFIX...]",
            help="semantic path: keep only events from cgroups under these paths (e.g. /kubepods.slice)")
+    p.flag("--cgroup-budget", type=parse_budget, default="0", metavar="N/INTERVAL",
+           help="per cgroup, at most N routine events (exec, tcp connect/accept/close) per interval, "
+                "like 2000/s; what is over goes out as one `throttled` event per cgroup and "
+                "interval with the counts by type. Exits, OOM kills and fatal signals always "
+                "pass. 0: off")
+    p.flag("--cgroup-burst", type=parse_burst, default=0, metavar="N",
+           help="events a cgroup may send at once under --cgroup-budget (0: one interval's budget)")
     p.switch("--enable-k8s", help="pod name, namespace, labels, container name and image from the "
                                   "Kubernetes API (a watch of this node's pods)")
     p.flag("--kubeconfig", metavar="PATH", help="kubeconfig for --enable-k8s (default: in-cluster)")

@@ -31,14 +31,18 @@ class PumpStats:
 class Pump:
     CONGESTION_POLL = 0.002      # seconds between looks at a congested sink
     def __init__(self, source, sink, encoder, processor, buffer_size, flush_interval,
-                 first_batch_id=None, idle_poll=1.0, read_coalesce=0.001):
+                 first_batch_id=None, idle_poll=1.0, read_coalesce=0.001, budget=None):
         """The ledger follows one path's batches (see tapio.collector.ledger): the semantic
-        one when it runs; the other path's batches are submitted with 0 events to count."""
+        one when it runs; the other path's batches are submitted with 0 events to count.
+        budget: a tapio.collector.budget.CgroupBudget (--cgroup-budget), or None."""
         self.source = source
         self.sink = sink
         self.encoder = encoder
         self.processor = processor
         self.arena = EventArena(buffer_size)
+        self.budget = budget
+        if budget is not None:
+            budget.attach(self.arena)
         self.flush_interval = flush_interval
         self.idle_poll = idle_poll
         self.read_coalesce = read_coalesce
@@ -78,6 +82,7 @@ class Pump:
                 self.stats.congested += 1
                 await trio.sleep(self.CONGESTION_POLL)
                 continue
+            self._emit_throttled()
             self.stats.events += self.source.fill(self.arena)
             if self.source.exhausted:
                 self._stopping = True       # a bounded source ran out: drain and finish
@@ -109,6 +114,8 @@ class Pump:
         while True:
             moved = self.source.fill(self.arena)
             self.stats.events += moved
+            if not moved:       # the source is dry: every pending summary goes now
+                moved = self._emit_throttled(everything=True)
             if len(self.arena):
                 await self._flush()
             if not moved:
@@ -123,6 +130,15 @@ class Pump:
             data = self.encoder.encode(self.arena, self._batch_id, 0, path=self.ledger_path,
                                        kernel_drops=late, seq_range=(0, 0), ledger=self.ledger.wire())
             await self.sink.submit(self._batch_id, data, 0)
+
+    def _emit_throttled(self, everything=False):
+        """The `throttled` events that are due (or all, at the end) into the arena: once per
+        round, so a cgroup's summary leaves within about a round of its interval's end."""
+        if self.budget is None:
+            return 0
+        made = self.budget.emit(self.arena, everything)
+        self.stats.events += made
+        return made
 
     def configure(self, batch_size=None, flush_interval=None):
         """Apply a server's StreamControl CONFIGURE: the most events per batch, on both paths,

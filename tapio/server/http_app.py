@@ -167,6 +167,7 @@ def collector_json(state, rate):
         "last_seen": _iso(state.last_seen),
         "events": state.events, "events_per_second": round(rate, 3),
         "events_by_type": dict(state.events_by_type),
+        "throttled_by_type": dict(state.throttled_by_type),
         "batches": state.batches, "duplicates": state.duplicates,
         "drops": {"kernel": state.kernel_drops, "processor": state.processor_drops,
                   "buffer": state.buffer_drops},
@@ -418,6 +419,9 @@ class ServerMetrics:
                   "buffer (collector send buffer full), as collectors report them; decode "
                   "(malformed messages, each counted once) and exporter (spans not delivered) "
                   "at the server", ("collector", "stage"))
+        f.counter("tapio_events_throttled_total",
+                  "Events a collector's per-cgroup budget (--cgroup-budget) held back, by type, as "
+                  "its `throttled` events report them", ("collector", "node", "type"))
         f.counter("tapio_collector_connections_total", "Streams opened by each collector",
                   ("collector", "node"))
         f.gauge("tapio_collector_connected", "1 while the collector has a stream open",
@@ -428,6 +432,8 @@ class ServerMetrics:
             who = (c.collector_id, c.node_name)
             for type_name, count in sorted(dict(c.events_by_type).items()):
                 f.add("tapio_events_received_total", count, *who, type_name)
+            for type_name, count in sorted(dict(c.throttled_by_type).items()):
+                f.add("tapio_events_throttled_total", count, *who, type_name)
             f.add("tapio_batches_received_total", c.batches, *who)
             f.add("tapio_batches_duplicate_total", c.duplicates, *who)
             f.add("tapio_events_dropped_total", c.kernel_drops, c.collector_id, "kernel")

@@ -79,6 +79,7 @@ class CollectorState:
         self.duplicates = 0
         self.events = 0
         self.events_by_type = {}
+        self.throttled_by_type = {}          # what the collector's budget held back, by type
         self.kernel_drops = 0
         self.processor_drops = 0
         self.buffer_drops = 0
@@ -412,8 +413,12 @@ class Ingest:
             state.processor_drops += batch.processor_drops
             state.buffer_drops += batch.buffer_drops
             state.last_seen = time.time()
-            for type_name, count in batch.type_counts().items():
+            counts = batch.type_counts()
+            for type_name, count in counts.items():
                 state.events_by_type[type_name] = state.events_by_type.get(type_name, 0) + count
+            if "throttled" in counts:
+                for type_name, count in batch.throttled_counts().items():
+                    state.throttled_by_type[type_name] = state.throttled_by_type.get(type_name, 0) + count
             if n:
                 state.last_event_id = batch.event_id(n - 1)
             self.batches += 1
