@@ -73,7 +73,8 @@ def _correlation(args):
     store = Store(None if args.db in ("", ":memory:") else args.db, recent_events=args.recent_events,
                   recent_bytes=args.recent_events_memory,
                   retention_s=args.db_retention, max_groups=args.db_max_groups,
-                  max_group_events=config.limits.max_group_events)
+                  max_group_events=config.limits.max_group_events,
+                  history_retention_s=getattr(args, "history_retention", 86400))
     exporter = TraceExporter(args.trace_export, args.otlp_endpoint, queue_size=args.trace_queue)
 
     def on_group(group, closed):
@@ -99,6 +100,11 @@ async def _main(args):
     service = TapioService(ingest, authorize=auth, hello_timeout=getattr(args, "hello_timeout", 10.0),
                            idle_timeout=getattr(args, "stream_idle_timeout", 900.0))
     store, exporter, correlation = _correlation(args)
+    if store.history is not None:
+        # PostgreSQL: each batch is in the history before it is acked (record_batch waits for
+        # the database: meanwhile the ingest queue fills and collectors are PAUSEd)
+        ingest.consumers.append(store.record_batch)
+        log.info("Groups and event history in PostgreSQL at %s", store.db_path)
     ingest.consumers.append(store.add_batch)
     ingest.consumers.append(correlation.consume)
     if hasattr(correlation, "mark_gap"):
