@@ -104,6 +104,13 @@ def test_a_batch_recorded_twice_is_stored_once(store):
     assert store.history_count("node-c") == 0
     stats = store.stats()["postgresql"]
     assert stats["events_written"] == 6 and stats["events_replayed"] == 3
+    # a batch of which only a part is there (its id again, with more events): the rest goes in
+    again = Events()
+    longer = again.batch(*[again.exec(10 + i, 0, "sh") for i in range(5)])
+    assert longer.batch_id == batch.batch_id
+    assert store.record_events(longer, "node-a") == 2
+    assert store.history_count("node-a") == 5
+    assert [e["pid"] for e in store.recent_events(collector="node-a", limit=2)] == [14, 13]
 
 
 def test_history_queries_answer_like_the_memory_store(store):

@@ -4,9 +4,10 @@ replicas of a scaled-out server share (docs/scaling.md).
 PostgresStore has GroupStore's methods (put, groups, group, counts, count, retain, db_bytes,
 close) over the table tapio_groups, where the latest version of a group wins (upsert by id), and
 the event history, tapio_events: every event of every batch, written by record_events with
-COPY (binary rows made in C by tapio._fast.history.copy_rows) into a per-connection staging
-table, then INSERT ... ON CONFLICT DO NOTHING, so that a batch stored again (a collector's
-re-send, a replay from the bus) is stored once: the key is (collector_id, batch_id, idx).
+COPY (binary rows made in C by tapio._fast.history.copy_rows) straight into the table; when some
+of the batch is there already (a collector's re-send, a replay from the bus: the unique key
+(collector_id, batch_id, idx) refuses the COPY), the rows go through a per-connection staging
+table and INSERT ... ON CONFLICT DO NOTHING instead, so that a batch is stored once.
 
 Threads (psycopg 3, its sync client): every write goes through one connection under a lock (the
 ingest engine thread writes the history and, through the correlation engine, groups; the
@@ -76,6 +77,7 @@ _COLUMNS = ", ".join(HISTORY_COLUMNS)
 # the staging table of one connection: a batch is copied in, then inserted where it is new
 _STAGE = (f"CREATE TEMP TABLE tapio_events_in ON COMMIT DELETE ROWS AS SELECT {_COLUMNS} "
           f"FROM tapio_events WITH NO DATA")
+_COPY_NEW = f"COPY tapio_events ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _COPY_IN = f"COPY tapio_events_in ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _INSERT_NEW = (f"INSERT INTO tapio_events ({_COLUMNS}) SELECT {_COLUMNS} FROM tapio_events_in "
                f"ORDER BY idx ON CONFLICT (collector_id, batch_id, idx) DO NOTHING")
@@ -383,12 +385,21 @@ class PostgresStore:
         data = copy_rows(batch, collector_id, now)
 
         def work(conn):
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    with cur.copy(_COPY_IN) as copy:
-                        copy.write(data)
-                    cur.execute(_INSERT_NEW)
-                    inserted = cur.rowcount
+            try:
+                # the common case, a batch not seen before: straight into the table
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        with cur.copy(_COPY_NEW) as copy:
+                            copy.write(data)
+                inserted = len(batch)
+            except psycopg.errors.UniqueViolation:
+                # some of it is there already (a re-send, a replay): only what is new
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        with cur.copy(_COPY_IN) as copy:
+                            copy.write(data)
+                        cur.execute(_INSERT_NEW)
+                        inserted = cur.rowcount
             if time.monotonic() - self._history_retained_at > HISTORY_RETAIN_EVERY:
                 self._retain_history(conn, now)
             return inserted
