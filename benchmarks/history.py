@@ -146,6 +146,7 @@ def main():
         cases = [("copy (ours)", copy, empty_pg, False), ("copy, replayed", copy, None, True),
                  ("executemany", executemany, empty_pg, False),
                  ("sqlite (baseline)", sqlite, empty_sqlite, False)]
+        footprint = {}
         for name, work, empty, replay in cases:
             best = None
             for _ in range(args.runs):
@@ -155,9 +156,17 @@ def main():
                         copy(batch)
                 elif empty is not None:
                     empty()
+                lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
                 wall, client, server = measure(work, batches, postmaster)
                 if best is None or wall < best[0]:
                     best = (wall, client, server)
+                if name == "copy (ours)":
+                    # what an event costs PostgreSQL's disk: the table with its indexes, and WAL
+                    wal, size = conn.execute(
+                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s),"
+                        " pg_total_relation_size('tapio_events')", (lsn,)).fetchone()
+                    footprint = {"wal_bytes_per_event": round(float(wal) / n, 1),
+                                 "stored_bytes_per_event": round(size / n, 1)}
             if name == "sqlite (baseline)":
                 stored = lite.execute("SELECT count(*) FROM tapio_events").fetchone()[0]
             else:
@@ -180,8 +189,10 @@ def main():
     print_table(["method", "events/s", "vs sqlite", "client CPU s", "PostgreSQL CPU s", "events/s per core"],
                 [[r["method"], r["events_per_s"], f"{r['events_per_s'] / base:.2f}x",
                   r["client_cpu_s"], r["server_cpu_s"], r["events_per_core_s"]] for r in results])
+    print(f"copy (ours): {footprint['stored_bytes_per_event']:.0f} bytes an event in the table "
+          f"and its indexes, {footprint['wal_bytes_per_event']:.0f} bytes of WAL an event")
     report = {"benchmark": "history", "machine": machine(), "batch": BATCH, "runs": args.runs,
-              "wire_bytes_per_event": round(wire_bytes / n, 1), "results": results}
+              "wire_bytes_per_event": round(wire_bytes / n, 1), **footprint, "results": results}
     if args.json:
         write_json(args.json, report)
 
