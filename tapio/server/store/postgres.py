@@ -92,6 +92,8 @@ _UPSERT_GROUP = (
 RETAIN_EVERY = 100          # group writes between two group retention passes
 HISTORY_RETAIN_EVERY = 30.0  # seconds between two history retention passes
 RETAIN_CHUNK = 50_000       # history rows deleted per statement (short locks, bounded WAL)
+RETAIN_CHUNKS = 10          # statements per pass: a large backlog goes over several passes,
+                            # so that ingest, whose thread runs them, is held back only briefly
 HISTORY_SCAN = 1_000_000    # a history query looks at the newest events at most
 PENDING_GROUPS = 10_000     # group versions held while the database is away
 READERS = 4                 # pooled read connections
@@ -306,8 +308,9 @@ class PostgresStore:
         self.expired += removed
 
     def _retain_history(self, conn, now):
-        """Remove the events received before the retention cut, oldest first, in chunks. The
-        history is in arrival order (seq), so the cut is the first row received after it."""
+        """Remove the events received before the retention cut, oldest first, in chunks (at most
+        RETAIN_CHUNKS of them). The history is in arrival order (seq), so the cut is the first row
+        received after it."""
         self._history_retained_at = time.monotonic()
         if not self.history_retention_ns:
             return
@@ -319,7 +322,9 @@ class PostgresStore:
         end = row[0]
         if end is None:
             return
-        while not self._closing.is_set():
+        for _ in range(RETAIN_CHUNKS):
+            if self._closing.is_set():
+                break
             first = conn.execute("SELECT min(seq) FROM tapio_events").fetchone()[0]
             if first is None or first >= end:
                 break
@@ -400,12 +405,16 @@ class PostgresStore:
                             copy.write(data)
                         cur.execute(_INSERT_NEW)
                         inserted = cur.rowcount
-            if time.monotonic() - self._history_retained_at > HISTORY_RETAIN_EVERY:
-                self._retain_history(conn, now)
             return inserted
         inserted = self._write("the event history", work, block=True)
         self.events_written += inserted
         self.events_replayed += len(batch) - inserted
+        if time.monotonic() - self._history_retained_at > HISTORY_RETAIN_EVERY:
+            try:
+                self._write("history retention", lambda conn: self._retain_history(conn, now),
+                            block=False)
+            except StoreUnavailable:
+                pass            # the next batch tries again
         return inserted
 
     def history_count(self, collector_id=None):
