@@ -10,9 +10,11 @@ import signal
 import subprocess
 import uuid
 
+import grpc
 import pytest
 
 from tapio.server.store import Store, StoreUnavailable
+from tapio.v1 import query_pb2, query_pb2_grpc
 from tests.correlation_fixtures import SEC, T0, Events, State, pod_context
 from tests.helpers import BIN, ManagedProcess, ServerProcess, free_port, http_get, wait_until
 from tests.postgres import PostgresInstance
@@ -249,6 +251,14 @@ def test_every_acked_event_is_in_the_history_once_and_the_api_reads_postgres(tmp
         assert events[1]["id"] == f"ebpf-{total}"        # the newest of the collector's
         status, _, body = http_get(f"{server.http_url}/readyz")
         assert status == 200 and b"PostgreSQL" in body
+        # TapioQuery too: ListEvents gives the bytes the other writer stored, ListGroups its group
+        with grpc.insecure_channel(server.address) as channel:
+            stub = query_pb2_grpc.TapioQueryStub(channel)
+            listed = stub.ListEvents(query_pb2.ListEventsRequest(collector_id="elsewhere"), timeout=10)
+            assert list(listed.collector_ids) == ["elsewhere"]
+            assert listed.events[0].comm == "far-away" and listed.events[0].pid == 4242
+            groups = stub.ListGroups(query_pb2.ListGroupsRequest(), timeout=10).groups
+            assert [g.id for g in groups] == [group(7)["id"]]
     finally:
         col.stop()
         server.stop()
