@@ -5,8 +5,6 @@ exactly once; /api/v1/groups and /api/v1/events answer from PostgreSQL), the dat
 back at run time, and start-up failures (one line, exit 2)."""
 import json
 import os
-import re
-import signal
 import subprocess
 import uuid
 
@@ -15,7 +13,7 @@ import pytest
 
 from tapio.server.store import Store, StoreUnavailable
 from tapio.v1 import query_pb2, query_pb2_grpc
-from tests.correlation_fixtures import SEC, T0, Events, State, pod_context
+from tests.correlation_fixtures import SEC, T0, Events, pod_context
 from tests.helpers import BIN, ManagedProcess, ServerProcess, free_port, http_get, wait_until
 from tests.postgres import PostgresInstance
 from tests.test_store import group
