@@ -249,6 +249,9 @@ def test_every_acked_event_is_in_the_history_once_and_the_api_reads_postgres(tmp
         assert events[1]["id"] == f"ebpf-{total}"        # the newest of the collector's
         status, _, body = http_get(f"{server.http_url}/readyz")
         assert status == 200 and b"PostgreSQL" in body
+        _, _, metrics = http_get(f"{server.http_url}/metrics")
+        assert b"tapio_store_db_available 1.0" in metrics
+        assert f'tapio_history_events_total{{result="new"}} {total}.0'.encode() in metrics, metrics
         # TapioQuery too: ListEvents gives the bytes the other writer stored, ListGroups its group
         with grpc.insecure_channel(server.address) as channel:
             stub = query_pb2_grpc.TapioQueryStub(channel)
@@ -278,7 +281,12 @@ def test_the_database_lost_mid_stream_pauses_and_loses_nothing(tmp_path, pg, dsn
         status, _, body = http_get(f"{server.http_url}/readyz")
         assert status == 503 and b"away" in body
         status, headers, body = http_get(f"{server.http_url}/api/v1/events")
-        assert status == 503 and b"database" in body
+        assert status == 503 and b"database" in body and headers.get("Retry-After") == "5"
+        status, _, body = http_get(f"{server.http_url}/api/v1/groups")
+        assert status == 503
+        status, _, metrics = http_get(f"{server.http_url}/metrics")
+        assert status == 200 and b"tapio_store_db_available 0.0" in metrics
+        assert b"tapio_store_events " in metrics          # what is in memory still counts
         # ingest waits for the database: the queue fills and the collector is paused
         def backlog():
             status, _, body = http_get(f"{server.http_url}/api/v1/stats")
