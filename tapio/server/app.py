@@ -91,7 +91,8 @@ def _correlation(args):
     store = Store(None if args.db in ("", ":memory:") else args.db, recent_events=args.recent_events,
                   recent_bytes=args.recent_events_memory,
                   retention_s=args.db_retention, max_groups=args.db_max_groups,
-                  max_group_events=config.limits.max_group_events)
+                  max_group_events=config.limits.max_group_events,
+                  history_retention_s=getattr(args, "history_retention", 86400))
     exporter = TraceExporter(args.trace_export, args.otlp_endpoint, queue_size=args.trace_queue)
 
     def on_group(group, closed):
@@ -113,6 +114,11 @@ def connect(ingest, store, correlation):
     """Ingest feeds the store and the correlation engine, tells the engine of gaps (groups whose
     window overlaps one are marked incomplete), and tells both which collector ids it forgot
     (past --max-collectors)."""
+    if store.history is not None:
+        # PostgreSQL: each batch is in the history before it is acked (record_batch waits for
+        # the database: meanwhile the ingest queue fills and collectors are PAUSEd)
+        ingest.consumers.append(store.record_batch)
+        log.info("Groups and event history in PostgreSQL at %s", store.db_path)
     ingest.consumers.append(store.add_batch)
     ingest.consumers.append(correlation.consume)
     ingest.gap_listeners.append(correlation.mark_gap)
