@@ -66,9 +66,9 @@ def _http(args, ingest, service, auth, store=None, exporter=None, engine=None, l
     return http
 
 
-def _correlation(args):
+def _correlation(args, group_sinks=()):
     """The store (SQLite groups, recent events), the trace exporter, and the correlation engine
-    whose groups go to both."""
+    whose groups go to both (and to each of `group_sinks`: the bus's fan-out)."""
     config = load_config(args.correlation_config)
     store = Store(None if args.db in ("", ":memory:") else args.db, recent_events=args.recent_events,
                   recent_bytes=args.recent_events_memory,
@@ -78,6 +78,8 @@ def _correlation(args):
 
     def on_group(group, closed):
         store.put_group(group)
+        for sink in group_sinks:
+            sink(group)
         if closed:
             exporter.export(group)
             log.info("Group %s %s: %s", group["kind"], group["id"][:12], group["summary"])
@@ -91,6 +93,14 @@ def _correlation(args):
     return store, exporter, correlation
 
 
+def _replica(args, ingest, store, correlation):
+    """This server as a replica on the event bus (--bus); ConfigError when the bus is unreachable."""
+    from tapio.server.bus.replica import Replica, default_replica_id, parse_bus
+    replay = max(correlation.config.crash_loop.window, correlation.config.connectivity.window)
+    return Replica(parse_bus(args.bus), args.replica_id or default_replica_id(), ingest, store,
+                   correlation, replay=replay)
+
+
 async def _main(args):
     auth = Auth(args.auth_token_file, bind_cert=getattr(args, "bind_collector_cert", False))
     credentials = _credentials(args)
@@ -98,10 +108,17 @@ async def _main(args):
                     batch_delay=args.debug_batch_delay, pause_grace=getattr(args, "pause_grace", 5.0))
     service = TapioService(ingest, authorize=auth, hello_timeout=getattr(args, "hello_timeout", 10.0),
                            idle_timeout=getattr(args, "stream_idle_timeout", 900.0))
-    store, exporter, correlation = _correlation(args)
+    group_sinks = []
+    store, exporter, correlation = _correlation(args, group_sinks)
     ingest.consumers.append(store.add_batch)
-    ingest.consumers.append(correlation.consume)
-    if hasattr(correlation, "mark_gap"):
+    replica = None
+    if getattr(args, "bus", None):
+        # the relay publishes batches; correlation runs where a node's partition is owned
+        replica = _replica(args, ingest, store, correlation)
+        group_sinks.append(replica.on_group)
+    else:
+        ingest.consumers.append(correlation.consume)
+    if replica is None and hasattr(correlation, "mark_gap"):
         # groups whose window overlaps a gap in a collector's events are marked incomplete
         ingest.gap_listeners.append(correlation.mark_gap)
     query = QueryService(store, authorize=auth)
@@ -140,6 +157,8 @@ async def _main(args):
         query.close()
         await trio.to_thread.run_sync(server.stop, args.shutdown_grace)
         ingest.close()
+        if replica is not None:
+            await trio.to_thread.run_sync(replica.close, args.shutdown_grace)
         # close the groups still open (their last version is stored and exported)
         await trio.to_thread.run_sync(correlation.close)
         await trio.to_thread.run_sync(exporter.shutdown, args.shutdown_grace)
