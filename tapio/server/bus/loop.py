@@ -83,10 +83,26 @@ class BusLoop:
             raise BusError(f"{type(e).__name__}: {e}") from e
 
     def close(self, timeout=5.0):
+        """Close the connection (what was published is flushed), end the loop's tasks, the loop
+        and its thread."""
+        if self.loop.is_closed():
+            return
         if self.nc is not None and not self.nc.is_closed:
             try:
-                self.submit(self.nc.drain()).result(timeout)
+                self.submit(self.nc.close()).result(timeout)
             except Exception:
                 pass
+        try:
+            self.submit(self._cancel_tasks()).result(timeout)
+        except Exception:
+            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+    async def _cancel_tasks(self):
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

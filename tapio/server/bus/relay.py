@@ -30,6 +30,7 @@ class BusRelay:
         self.backoff = backoff
         self._inflight = queue.Queue(maxsize=window)
         self._closing = threading.Event()
+        self._recovered_at = 0.0      # monotonic time the bus last came back
         self.published = 0
         self.duplicates = 0           # JetStream had the message id already
         self.retries = 0
@@ -63,7 +64,7 @@ class BusRelay:
             if batch is None:
                 self.ingest.stream_done(session)
                 continue
-            ack = self._wait(session, batch, raw, future)
+            ack = self._wait(session, batch, raw, future, sent)
             if ack is None:
                 continue          # closing: not acked, the collector sends it again elsewhere
             self._note_latency(time.monotonic() - sent)
@@ -72,19 +73,26 @@ class BusRelay:
                 self.duplicates += 1
             self.ingest.published(session, batch, duplicate=ack.duplicate)
 
-    def _wait(self, session, batch, raw, future):
+    def _wait(self, session, batch, raw, future, sent):
         delay = self.backoff[0]
         while True:
             try:
                 ack = future.result(self.timeout + 1.0)
                 if self.ingest.held:
                     log.info("Bus: JetStream takes batches again: resuming collectors")
+                    self._recovered_at = time.monotonic()
                     self.ingest.release()
                 return ack
             except Exception as e:
                 future.cancel()
                 if self._closing.is_set():
                     return None
+                if sent < self._recovered_at:
+                    # published during the outage, and failed then: send it again at once,
+                    # without pausing anyone for a failure that is over
+                    sent = time.monotonic()
+                    future = self._send(session, batch, raw)
+                    continue
                 if not self.ingest.held:
                     log.warning("Bus: JetStream did not take a batch (%s): pausing collectors, "
                                 "retrying", str(e) or type(e).__name__)
