@@ -1,0 +1,228 @@
+"""Replicas end to end, real processes on loopback: a 3-node NATS JetStream cluster, PostgreSQL,
+three `tapio-server --bus ... --db postgresql://...` replicas and several collectors.
+
+One replica and one NATS node are killed with -9 mid-stream. Ground truth is what each collector
+says it delivered (acked) in its exit line: every one of those events is in the PostgreSQL
+history exactly once. A crash loop whose exits span the death of the replica that owned its node
+is one group, and a group made on one replica reaches Subscribe and /api/v1/groups of another.
+"""
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import grpc
+import pytest
+
+from tapio.server.bus import subjects
+from tapio.v1 import query_pb2, query_pb2_grpc, stream_pb2
+from tests.correlation_fixtures import Events, pod_context
+from tests.helpers import (BIN, ManagedProcess, free_port, http_json, read_in_background,
+                           wait_until)
+from tests.nats_cluster import nats_cluster
+from tests.postgres import postgres_server
+
+DELIVERED = re.compile(r"(\d+) delivered")
+
+
+class Replica(ManagedProcess):
+    def __init__(self, tmp_path, name, bus, dsn, *flags):
+        self.name = name
+        self.port = free_port()
+        self.http_port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.http = f"http://127.0.0.1:{self.http_port}"
+        argv = [os.path.join(BIN, "tapio-server"), "--host", "127.0.0.1", "--grpc-port", str(self.port),
+                "--http-port", str(self.http_port), "--db", dsn, "--bus", bus, "--replica-id", name,
+                "--shutdown-grace", "2s", *flags]
+        super().__init__(argv, str(tmp_path / f"{name}.log"))
+
+    def ready(self):
+        self.wait_log("Tapio server listening", 60)
+        self.wait_log("Dashboard on", 30)
+        return self
+
+    def stats(self):
+        return http_json(self.http + "/api/v1/stats")[1]
+
+    def partitions(self):
+        try:
+            return set(self.stats()["store"]["bus"]["owner"]["partitions"])
+        except (OSError, KeyError, TypeError, ValueError):
+            return set()
+
+    def groups(self, kind):
+        status, body = http_json(f"{self.http}/api/v1/groups?kind={kind}&limit=100")
+        assert status == 200, body
+        return body["groups"]
+
+
+def collector(tmp_path, servers, name, count, rate):
+    argv = [os.path.join(BIN, "tapio-collector"), "--source", "synthetic", "--server", servers,
+            "--collector-id", name, "--node-name", f"node-{name}", "--correlation", "raw",
+            "--rate", str(rate), "--count", str(count), "--flush-interval", "20ms",
+            "--backoff-initial", "100ms", "--backoff-max", "1s", "--connect-timeout", "1s",
+            "--metrics-interval", "0", "--http-port", "0"]
+    return ManagedProcess(argv, str(tmp_path / f"{name}.log"))
+
+
+class CrashStream:
+    """A collector of our own over real gRPC: it sends crash-loop exits of one container (one
+    event a batch) and waits for each ack, so the test knows exactly which exits were acked."""
+
+    def __init__(self, address, collector_id, node):
+        self.ev = Events(collector_id, node, start_ns=time.time_ns() - 60 * 10**9)
+        self.channel = grpc.insecure_channel(address)
+        self.requests = queue.Queue()
+        self.requests.put(stream_pb2.TapioStreamEventsRequest(hello=stream_pb2.Hello(
+            collector_id=collector_id, node_name=node, version="test")).SerializeToString())
+        call = self.channel.stream_stream("/tapio.v1.TapioService/StreamEvents")(
+            iter(self.requests.get, None), timeout=120)
+        self.responses, _ = read_in_background(call)
+        self.call = call
+
+    def exits(self, first, n, timeout=30):
+        for i in range(first, first + n):
+            self.ev.at(1)
+            event = self.ev.exit(2000 + i, 1, "payment-api", code=1, executable="/app/payment",
+                                 context=pod_context())
+            self.ev.batch_id += 1
+            self.requests.put(stream_pb2.TapioStreamEventsRequest(batch=stream_pb2.EventBatch(
+                batch_id=self.ev.batch_id, collector_id=self.ev.collector, node_name=self.ev.node,
+                events=[event], created_at_ns=self.ev.now)).SerializeToString())
+        want = self.ev.batch_id
+        wait_until(lambda: any(stream_pb2.TapioStreamEventsResponse.FromString(r).ack.batch_id == want
+                               for r in self.responses), timeout, what=f"the ack of batch {want}")
+
+    def close(self):
+        self.requests.put(None)
+        self.call.cancel()
+        self.channel.close()
+
+
+def _raw(call_result):
+    return call_result
+
+
+def test_replicas_survive_a_replica_and_a_nats_node_killed(tmp_path):
+    with nats_cluster(3) as nats, postgres_server() as dsn:
+        replicas = [Replica(tmp_path, f"r{i}", nats.bus, dsn) for i in range(3)]
+        collectors, crash, sub_channel = [], None, None
+        try:
+            for r in replicas:
+                r.ready()
+            wait_until(lambda: all(len(r.partitions()) >= subjects.PARTITIONS // 3 - 1
+                                   for r in replicas), 60, what="the partitions spread over 3 replicas")
+            owned = [r.partitions() for r in replicas]
+            assert sum(len(p) for p in owned) == subjects.PARTITIONS
+            assert not (owned[0] & owned[1] or owned[1] & owned[2] or owned[0] & owned[2])
+
+            # which replica owns the crash-looping node: that is the one to kill
+            crash_node = "node-crashing"
+            part = subjects.partition(crash_node)
+            victim = next(r for r in replicas if part in r.partitions())
+            survivors = [r for r in replicas if r is not victim]
+            reader = survivors[1]
+
+            # Subscribe on a replica that neither makes nor receives the group's batches
+            sub_channel = grpc.insecure_channel(reader.address)
+            sub = query_pb2_grpc.TapioQueryStub(sub_channel).Subscribe(
+                query_pb2.SubscribeRequest(groups=True), timeout=120)
+            subscribed, _ = read_in_background(sub)
+
+            servers = ",".join(r.address for r in replicas)
+            total, rate = 12_000, 1500
+            collectors = [collector(tmp_path, servers, f"c{i}", total, rate) for i in range(3)]
+            crash = CrashStream(survivors[0].address, "crash-col", crash_node)
+            crash.exits(0, 6)
+            wait_until(lambda: reader.groups("crash_loop"), 30, what="the crash loop group in PG")
+            time.sleep(3)           # the owner writes its checkpoint every lease/3 = 2 s
+
+            victim.stop(signal.SIGKILL)
+            nats.kill(1)
+            crash.exits(6, 4, timeout=60)
+
+            for c in collectors:
+                assert c.proc.wait(120) == 0, c.log()
+            delivered = {f"c{i}": int(DELIVERED.findall(c.log().strip().splitlines()[-1])[-1])
+                         for i, c in enumerate(collectors)}
+            assert all(n == total for n in delivered.values()), delivered
+
+            history = HistoryCounts(dsn)
+            wait_until(lambda: all(history.count(cid) >= n for cid, n in delivered.items()), 90,
+                       what=f"every delivered event in the history: {history.last}")
+            for cid, n in delivered.items():
+                events, distinct = history.exactly_once(cid)
+                assert events == distinct == n, (cid, events, distinct, n)
+
+            def crash_groups():
+                return [g for g in reader.groups("crash_loop") if g["collector_id"] == "crash-col"]
+            wait_until(lambda: crash_groups() and
+                       crash_groups()[0]["attributes"]["events_total"] == 10, 60,
+                       what=f"one crash loop group with 10 exits: {crash_groups()}")
+            assert len(crash_groups()) == 1, crash_groups()
+            group_id = crash_groups()[0]["id"]
+            seen = {stream_pb2 and r.group.id for r in subscribed if r.HasField("group")}
+            assert group_id in seen, f"Subscribe on {reader.name} never saw {group_id}: {seen}"
+            assert any(r.partitions() for r in survivors)
+            assert part in set().union(*(r.partitions() for r in survivors))
+        finally:
+            if crash is not None:
+                crash.close()
+            if sub_channel is not None:
+                sub_channel.close()
+            for c in collectors:
+                c.stop()
+            for r in replicas:
+                r.stop()
+
+
+class HistoryCounts:
+    """Counts in the PostgreSQL history, read with psycopg (the same client the store uses)."""
+
+    def __init__(self, dsn):
+        self.dsn = dsn
+        self.last = {}
+
+    def _query(self, sql, *params):
+        import psycopg
+        with psycopg.connect(self.dsn, connect_timeout=5) as conn:
+            return conn.execute(sql, params).fetchone()
+
+    def count(self, collector_id):
+        (n,) = self._query(HISTORY_COUNT, collector_id)
+        self.last[collector_id] = n
+        return n
+
+    def exactly_once(self, collector_id):
+        return self._query(HISTORY_DISTINCT, collector_id)
+
+
+HISTORY_COUNT = "SELECT count(*) FROM events WHERE collector_id = %s"
+HISTORY_DISTINCT = "SELECT count(*), count(DISTINCT event_id) FROM events WHERE collector_id = %s"
+
+
+@pytest.mark.parametrize("case", ["no-postgres", "bus-unreachable", "bad-url"])
+def test_start_up_failures_are_one_line_and_exit_2(tmp_path, case):
+    port = free_port()       # nothing listens there
+    argv = [os.path.join(BIN, "tapio-server"), "--host", "127.0.0.1", "--grpc-port", "0",
+            "--http-port", "0"]
+    if case == "no-postgres":
+        argv += ["--bus", f"nats://127.0.0.1:{port}", "--db", str(tmp_path / "groups.db")]
+        expect = "--bus needs a shared database"
+    elif case == "bad-url":
+        argv += ["--bus", "http://127.0.0.1:1", "--db", "postgresql://postgres@127.0.0.1:1/postgres"]
+        expect = "is not a NATS URL"
+    if case == "bus-unreachable":
+        with postgres_server() as dsn:
+            argv += ["--bus", f"nats://127.0.0.1:{port}", "--db", dsn]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        expect = "cannot reach the event bus"
+    else:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("tapio-server:")]
+    assert len(lines) == 1 and expect in lines[0], proc.stderr
