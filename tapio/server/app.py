@@ -73,7 +73,8 @@ def _correlation(args, group_sinks=()):
     store = Store(None if args.db in ("", ":memory:") else args.db, recent_events=args.recent_events,
                   recent_bytes=args.recent_events_memory,
                   retention_s=args.db_retention, max_groups=args.db_max_groups,
-                  max_group_events=config.limits.max_group_events)
+                  max_group_events=config.limits.max_group_events,
+                  history_retention_s=getattr(args, "history_retention", 86400))
     exporter = TraceExporter(args.trace_export, args.otlp_endpoint, queue_size=args.trace_queue)
 
     def on_group(group, closed):
@@ -110,6 +111,13 @@ async def _main(args):
                            idle_timeout=getattr(args, "stream_idle_timeout", 900.0))
     group_sinks = []
     store, exporter, correlation = _correlation(args, group_sinks)
+    if store.history is not None and not getattr(args, "bus", None):
+        # PostgreSQL: each batch is in the history before it is acked (record_batch waits for
+        # the database: meanwhile the ingest queue fills and collectors are PAUSEd); with a bus
+        # the owner of the node's partition records it (tapio/server/bus/owner.py)
+        ingest.consumers.append(store.record_batch)
+    if store.history is not None:
+        log.info("Groups and event history in PostgreSQL at %s", store.db_path)
     ingest.consumers.append(store.add_batch)
     replica = None
     if getattr(args, "bus", None):
