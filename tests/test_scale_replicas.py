@@ -103,9 +103,6 @@ class CrashStream:
         self.channel.close()
 
 
-def _raw(call_result):
-    return call_result
-
 
 def test_replicas_survive_a_replica_and_a_nats_node_killed(tmp_path):
     with nats_cluster(3) as nats, postgres_server() as dsn:
@@ -165,7 +162,7 @@ def test_replicas_survive_a_replica_and_a_nats_node_killed(tmp_path):
                        what=f"one crash loop group with 10 exits: {crash_groups()}")
             assert len(crash_groups()) == 1, crash_groups()
             group_id = crash_groups()[0]["id"]
-            seen = {stream_pb2 and r.group.id for r in subscribed if r.HasField("group")}
+            seen = {r.group.id for r in subscribed if r.HasField("group")}
             assert group_id in seen, f"Subscribe on {reader.name} never saw {group_id}: {seen}"
             assert any(r.partitions() for r in survivors)
             assert part in set().union(*(r.partitions() for r in survivors))
@@ -201,8 +198,8 @@ class HistoryCounts:
         return self._query(HISTORY_DISTINCT, collector_id)
 
 
-HISTORY_COUNT = "SELECT count(*) FROM events WHERE collector_id = %s"
-HISTORY_DISTINCT = "SELECT count(*), count(DISTINCT event_id) FROM events WHERE collector_id = %s"
+HISTORY_COUNT = "SELECT count(*) FROM tapio_events WHERE collector_id = %s"
+HISTORY_DISTINCT = "SELECT count(*), count(DISTINCT event_id) FROM tapio_events WHERE collector_id = %s"
 
 
 @pytest.mark.parametrize("case", ["no-postgres", "bus-unreachable", "bad-url"])

@@ -62,7 +62,7 @@ class BusLoop:
         return await asyncio.wait_for(self._nats.connect(
             servers=self.servers, name=name, connect_timeout=min(2.0, timeout),
             allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-            ping_interval=2, max_outstanding_pings=2, disconnected_cb=disconnected,
+            ping_interval=10, max_outstanding_pings=3, disconnected_cb=disconnected,
             reconnected_cb=reconnected, error_cb=error), timeout)
 
     def submit(self, coro):

@@ -2,9 +2,10 @@
 
 Leases, not durable consumers, decide the owner. Every partition has a key `pPP` in the KV bucket
 `tapio_leases`, whose TTL (`lease` seconds) makes a key vanish when its owner stops renewing it.
-A replica takes a partition with a create (it succeeds only when the key is absent), renews it with
-an update on the revision it holds (which fails once someone else took it), and releases it with
-a delete. Each replica also keeps a heartbeat key `replica.<id>` in the bucket, so every replica
+Every change is a compare-and-set on the key's revision (a KV update with the last revision,
+0 for a key never written): a replica takes a free partition (no key, or an empty value), renews it
+with an update on the revision it holds (which fails once someone else took it), and releases it
+by writing an empty value. Each replica also keeps a heartbeat key `replica.<id>` in the bucket, so every replica
 knows how many are alive and takes at most its share (PARTITIONS / live replicas, rounded up):
 a replica that joins gets partitions that others release, and the partitions of one that died
 are free once their leases expire.
@@ -74,7 +75,8 @@ class Owner:
     # -- started and stopped from other threads ---------------------------------------------------
     def start(self, timeout=10.0):
         self.bus.call(self._setup(), timeout)
-        self._task = self.bus.submit(self._run())
+        if self._task is None:
+            self._task = self.bus.submit(self._run())
 
     def close(self, timeout=10.0):
         try:
@@ -109,11 +111,9 @@ class Owner:
     async def _round(self):
         now = time.monotonic()
         await self.leases.put(f"replica.{subjects.token(self.replica_id)}", b"alive")
-        try:
-            keys = await self.leases.keys()
-        except Exception:        # nats-py: NoKeysError when the bucket is empty
-            keys = []
-        self.live_replicas = max(1, sum(1 for k in keys if k.startswith("replica.")))
+        info = await self.bus.js.stream_info(f"KV_{subjects.LEASES}",
+                                             subjects_filter=f"$KV.{subjects.LEASES}.replica.>")
+        self.live_replicas = max(1, len(info.state.subjects or {}))
         share = math.ceil(subjects.PARTITIONS / self.live_replicas)
         for part in list(self.owned.values()):
             try:
@@ -134,17 +134,45 @@ class Owner:
             await self._stop(part, release=True)
             self.released += 1
         if len(self.owned) < share:
-            free = [p for p in range(subjects.PARTITIONS)
-                    if p not in self.owned and f"p{p:02d}" not in keys]
+            free = [p for p in range(subjects.PARTITIONS) if p not in self.owned]
             random.shuffle(free)
-            for p in free[: share - len(self.owned)]:
-                await self._take(p)
+            won = []
+            for p in free:
+                if len(self.owned) + len(won) >= share:
+                    break
+                revision = await self._acquire(f"p{p:02d}")
+                if revision is not None:
+                    won.append((p, revision))
+            if won:
+                # read the leases back before consuming: the compare-and-set of the JetStream
+                # 2.9 servers this was tried on let two replicas win the same key now and then
+                await asyncio.sleep(0.3)
+                for p, revision in won:
+                    try:
+                        entry = await self.leases.get(f"p{p:02d}")
+                    except Exception:
+                        continue
+                    if entry.revision == revision and entry.value == self.replica_id.encode():
+                        await self._take(p, revision)
 
-    async def _take(self, number):
+    async def _acquire(self, key):
+        """The new revision of lease `key`, now ours; None when someone holds it."""
+        from nats.js import errors
         try:
-            revision = await self.leases.create(f"p{number:02d}", self.replica_id.encode())
-        except Exception:
-            return False          # someone else was faster
+            entry = await self.leases.get(key)
+            if entry.value:
+                return None
+            last = entry.revision
+        except errors.KeyDeletedError as e:
+            last = e.entry.revision
+        except errors.KeyNotFoundError:
+            last = 0
+        try:
+            return await self.leases.update(key, self.replica_id.encode(), last=last)
+        except errors.KeyWrongLastSequenceError:
+            return None           # someone else was faster
+
+    async def _take(self, number, revision):
         start = 1
         try:
             entry = await self.checkpoints.get(f"p{number:02d}")
@@ -156,7 +184,6 @@ class Owner:
         self.taken += 1
         log.info("Bus: took partition p%02d, replaying from stream sequence %d", number, start)
         part.task = asyncio.ensure_future(self._consume(part))
-        return True
 
     async def _subscribe(self, part):
         from nats.js import api
@@ -226,7 +253,7 @@ class Owner:
         if release:
             try:
                 await self._checkpoint(part)
-                await self.leases.delete(f"p{part.number:02d}", last=part.revision)
+                await self.leases.update(f"p{part.number:02d}", b"", last=part.revision)
             except Exception as e:
                 log.warning("Bus: releasing partition p%02d: %s", part.number, e)
             log.info("Bus: released partition p%02d", part.number)
@@ -258,6 +285,8 @@ async def _bucket(js, name, ttl=None):
     try:
         return await js.create_key_value(bucket=name, ttl=ttl, history=1, replicas=subjects.REPLICAS)
     except APIError as e:
+        if "already in use" in str(e):
+            return await js.key_value(name)              # another replica was first
         if "replicas" not in str(e).lower() and "insufficient" not in str(e).lower():
             raise
         log.warning("Bus: fewer JetStream servers than %d: bucket %s kept once", subjects.REPLICAS,

@@ -3,6 +3,7 @@ fan-out, started and stopped as one (tapio/server/app.py, with --bus)."""
 import logging
 import os
 import socket
+import time
 import types
 
 from tapio._fast.codec import DecodedBatch, DecodeError
@@ -48,12 +49,25 @@ async def _ensure_stream(js):
     try:
         return await js.add_stream(config)
     except APIError as e:
+        if "already in use" in str(e):
+            return await js.stream_info(subjects.STREAM)     # another replica was first
         if "replicas" not in str(e).lower() and "insufficient" not in str(e).lower():
             raise
         log.warning("Bus: fewer JetStream servers than %d: the events stream is kept once (no "
                     "copy survives the loss of its server)", subjects.REPLICAS)
         config.num_replicas = 1
         return await js.add_stream(config)
+
+
+def _retry(step, within):
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return step()
+        except BusError as e:
+            if "no answer" not in str(e) or time.monotonic() > deadline:
+                raise
+            log.warning("Bus: %s; trying again", e)
 
 
 class Replica:
@@ -68,11 +82,13 @@ class Replica:
         except BusError as e:
             raise ConfigError(f"cannot reach the event bus at {','.join(urls)}: {e}") from None
         try:
-            self.bus.call(_ensure_stream(self.bus.js), timeout * 2)
+            # a cluster that has just started may take some seconds to place a new stream: each
+            # step is tried again (bounded) while the answer is a timeout
+            _retry(lambda: self.bus.call(_ensure_stream(self.bus.js), timeout), timeout * 6)
             self.fanout = GroupFanout(self.bus, replica_id, store.subscriptions)
             self.fanout.start(timeout)
             self.owner = Owner(self.bus, replica_id, self._process, replay=replay, lease=lease)
-            self.owner.start(timeout * 2)
+            _retry(lambda: self.owner.start(timeout), timeout * 6)
         except BusError as e:
             self.bus.close(1.0)
             raise ConfigError(f"the event bus at {','.join(urls)} has no working JetStream: {e}") from None
