@@ -109,9 +109,13 @@ class BusRelay:
             del self.latency[:50_000]
 
     def stats(self):
+        recent = sorted(self.latency[-20_000:])
+        def ms(q):
+            return round(recent[min(len(recent) - 1, int(q * len(recent)))] * 1000, 3) if recent else None
         return {"published": self.published, "duplicates": self.duplicates,
                 "retries": self.retries, "in_flight": self._inflight.qsize(),
-                "holding": bool(self.ingest.held)}
+                "holding": bool(self.ingest.held),
+                "publish_ack_ms": {"p50": ms(0.5), "p99": ms(0.99), "samples": len(recent)}}
 
     def close(self, timeout=5.0):
         """Stop after what is in flight (bounded by `timeout`); what is left is not acked."""
