@@ -104,6 +104,13 @@ def test_a_batch_recorded_twice_is_stored_once(store):
     assert store.history_count("node-c") == 0
     stats = store.stats()["postgresql"]
     assert stats["events_written"] == 6 and stats["events_replayed"] == 3
+    # a batch of which only a part is there (its id again, with more events): the rest goes in
+    again = Events()
+    longer = again.batch(*[again.exec(10 + i, 0, "sh") for i in range(5)])
+    assert longer.batch_id == batch.batch_id
+    assert store.record_events(longer, "node-a") == 2
+    assert store.history_count("node-a") == 5
+    assert [e["pid"] for e in store.recent_events(collector="node-a", limit=2)] == [14, 13]
 
 
 def test_history_queries_answer_like_the_memory_store(store):
@@ -184,3 +191,131 @@ def test_the_database_lost_and_back_at_run_time(dsn, pg):
         if pg.proc is None:
             pg.start()
         store.close()
+
+
+# ---- a real server and a real collector --------------------------------------------------------
+
+def synthetic_collector(tmp_path, server, count, rate, *flags, name="collector"):
+    argv = [os.path.join(BIN, "tapio-collector"), "--source", "synthetic", "--server", server,
+            "--correlation", "raw", "--rate", str(rate), "--count", str(count),
+            "--flush-interval", "20ms", "--backoff-initial", "100ms", "--backoff-max", "1s",
+            "--connect-timeout", "1s", "--metrics-interval", "0", "--collector-id", name, *flags]
+    return ManagedProcess(argv, str(tmp_path / f"{name}.log"))
+
+
+def history_ids(pg, dsn, collector):
+    """(rows, distinct event ids) of one collector in the history, read with psql."""
+    database = dsn.rsplit("/", 1)[1]
+    out = pg._run("psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
+                  "-d", database, "-c", "SELECT count(*), count(DISTINCT event_id) FROM tapio_events"
+                  f" WHERE collector_id = '{collector}'").stdout
+    rows, distinct = out.strip().split("|")
+    return int(rows), int(distinct)
+
+
+def delivered(collector, total):
+    """The collector's closing line says every event was acked."""
+    return f"{total} delivered" in collector.log().strip().splitlines()[-1]
+
+
+def test_every_acked_event_is_in_the_history_once_and_the_api_reads_postgres(tmp_path, pg, dsn):
+    server = ServerProcess(tmp_path, flags=["--db", dsn], http=True).wait_listening()
+    total = 5000
+    col = synthetic_collector(tmp_path, server.address, total, 5000)
+    try:
+        assert col.proc.wait(60) == 0, col.log()
+        assert delivered(col, total), col.log()
+        assert history_ids(pg, dsn, "collector") == (total, total)
+        # what another replica wrote (a group, a batch of another collector) is answered too:
+        # the API reads PostgreSQL, not this process's memory
+        other = Store(dsn)
+        try:
+            other.put_group(group(7, kind="oom_kill"))
+            ev = Events(collector="elsewhere", node="elsewhere")
+            other.record_events(ev.batch(ev.exec(4242, 1, "far-away")), "elsewhere")
+        finally:
+            other.close()
+        status, _, body = http_get(f"{server.http_url}/api/v1/groups")
+        assert status == 200, body
+        answer = json.loads(body)
+        assert [g["id"] for g in answer["groups"]] == [group(7)["id"]]
+        assert answer["counts"] == {"oom_kill": 1}
+        status, _, body = http_get(f"{server.http_url}/api/v1/events?collector=elsewhere")
+        assert status == 200, body
+        assert [(e["pid"], e["comm"]) for e in json.loads(body)["events"]] == [(4242, "far-away")]
+        status, _, body = http_get(f"{server.http_url}/api/v1/events?limit=3")
+        events = json.loads(body)["events"]
+        assert [e["collector_id"] for e in events] == ["elsewhere", "collector", "collector"]
+        assert events[1]["id"] == f"ebpf-{total}"        # the newest of the collector's
+        status, _, body = http_get(f"{server.http_url}/readyz")
+        assert status == 200 and b"PostgreSQL" in body
+    finally:
+        col.stop()
+        server.stop()
+
+
+def test_the_database_lost_mid_stream_pauses_and_loses_nothing(tmp_path, pg, dsn):
+    server = ServerProcess(tmp_path, flags=["--db", dsn, "--ingest-queue", "16"], http=True)
+    server.wait_listening()
+    total = 12_000
+    col = synthetic_collector(tmp_path, server.address, total, 3000)
+    try:
+        wait_until(lambda: history_ids(pg, dsn, "collector")[0] >= 1500, 20,
+                   what="events in the history before the outage")
+        pg.stop()
+        server.wait_log("retrying with backoff", timeout=20)
+        # the server goes on answering what it can, and says what is wrong
+        status, _, _ = http_get(f"{server.http_url}/healthz")
+        assert status == 200
+        status, _, body = http_get(f"{server.http_url}/readyz")
+        assert status == 503 and b"away" in body
+        status, headers, body = http_get(f"{server.http_url}/api/v1/events")
+        assert status == 503 and b"database" in body
+        # ingest waits for the database: the queue fills and the collector is paused
+        def backlog():
+            status, _, body = http_get(f"{server.http_url}/api/v1/stats")
+            return json.loads(body)["ingest"]["backlog"] if status == 200 else 0
+        wait_until(lambda: backlog() >= 12, 20, what="the ingest queue held at its high-water mark")
+        wait_until(lambda: "asked to pause" in col.log(), 20, what="the collector paused")
+        assert col.proc.poll() is None
+        pg.start()
+        assert col.proc.wait(90) == 0, col.log()
+        assert delivered(col, total), col.log()
+    finally:
+        if pg.proc is None:
+            pg.start()
+        col.stop()
+        server.stop()
+    assert history_ids(pg, dsn, "collector") == (total, total)
+    assert server.proc.returncode == 0, server.log()
+    assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("problem", ["closed port", "bad password", "no such database"])
+def test_a_database_that_cannot_be_used_at_start_up_is_one_line_and_exit_2(pg, problem):
+    if problem == "closed port":
+        url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    elif problem == "bad password":
+        pg.psql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tapio') THEN "
+                "CREATE ROLE tapio LOGIN PASSWORD 'right'; END IF; END $$")
+        # the cluster trusts loopback: this role is held to its password
+        hba = os.path.join(pg.data, "pg_hba.conf")
+        with open(hba) as f:
+            rules = f.read()
+        if "tapio" not in rules:
+            with open(hba, "w") as f:
+                f.write("host all tapio 127.0.0.1/32 scram-sha-256\n" + rules)
+            pg.psql("SELECT pg_reload_conf()")
+        url = f"postgresql://tapio:wrong@127.0.0.1:{pg.port}/postgres"
+    else:
+        url = f"postgresql://postgres@127.0.0.1:{pg.port}/no_such_database"
+    argv = [os.path.join(BIN, "tapio-server"), "--host", "127.0.0.1", "--grpc-port", "0",
+            "--http-port", "0", "--db", url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("tapio-server: cannot use the PostgreSQL database")
+    assert "wrong" not in lines[0]
+    expected = {"closed port": "Connection refused", "bad password": "password authentication failed",
+                "no such database": 'database "no_such_database" does not exist'}[problem]
+    assert expected in lines[0], lines[0]

@@ -53,6 +53,7 @@ def _make_sink(args, event_types):
     from tapio.collector.connection import ConnectionManager
     from tapio.collector.delivery import DeliveryBuffer
     from tapio.collector.grpc_transport import GrpcTransport
+    from tapio.collector.server_order import order_servers
     channels = ChannelFactory(tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
                               tls_server_name=args.tls_server_name,
                               auth_token=_read_token(args.auth_token_file),
@@ -62,8 +63,12 @@ def _make_sink(args, event_types):
         from tapio.collector.spool import Spool
         buffer.spool = Spool(args.spool_dir, args.spool_max_size, fsync_interval=args.spool_fsync_interval)
         buffer.restore(buffer.spool.recover())
+    servers = order_servers(args.server, args.node_name, args.server_order)
+    if len(servers) > 1:
+        log.info("Servers in the order this node tries them (%s): %s", args.server_order,
+                 ", ".join(servers))
     return ConnectionManager(
-        servers=args.server, transport=GrpcTransport(channels, args.connect_timeout),
+        servers=servers, transport=GrpcTransport(channels, args.connect_timeout),
         buffer=buffer, hello=lambda: _hello(args, event_types),
         backoff=Backoff(args.backoff_initial, args.backoff_max, args.backoff_multiplier),
         pause_timeout=args.pause_timeout or None)

@@ -72,7 +72,12 @@ examples:
            help="synthetic source: stop after N events (0: never)")
     p.flag("--output", metavar="PATH", help="write every event as a JSON line to PATH ('-' for stdout)")
     p.flag("--server", type=parse_servers, metavar="HOST:PORT[,HOST:PORT...]",
-           help="Tapio server(s) to stream to; later ones are failovers, in order")
+           help="Tapio server(s) to stream to; the others are failovers (see --server-order)")
+    p.flag("--server-order", type=choice("rendezvous", "listed"), default="rendezvous",
+           help="which of several --servers is this node's first, and the failover order: "
+                "rendezvous (a hash of the node name and each server: nodes spread evenly over "
+                "the servers, each with its own order; every collector must list the same "
+                "servers) or listed (as given)")
     p.flag("--events", type=parse_events, default="all", metavar="TYPES",
            help="event types: all or a list of exec,exit,tcp,tcp_connect,tcp_accept,tcp_close,oom_kill (or oom),signal")
     p.flag("--ring-buffer-size", type=parse_size, default="8MiB", metavar="SIZE",

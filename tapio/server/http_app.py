@@ -3,7 +3,8 @@ dashboard, served by hypercorn inside the server's trio nursery.
 
     GET /                         the live dashboard (tapio/server/dashboard/)
     GET /healthz                  the process answers
-    GET /readyz                   gRPC serving and the trace exporter healthy (503 + why, if not)
+    GET /readyz                   gRPC serving, the trace exporter healthy and (PostgreSQL) the
+                                  database writing (503 + why, if not)
     GET /metrics                  Prometheus exposition (text, or OpenMetrics when asked for)
     GET /api/v1/stats             counters, rates by event type, drops by stage, groups by kind
     GET /api/v1/collectors        every collector seen: node, peer, connected since, rate, drops
@@ -37,6 +38,7 @@ from tapio.http.metrics import Families, metrics_response, new_registry
 from tapio.http.rates import RateSampler
 from tapio.http.serve import HttpServer
 from tapio.server.auth import ANONYMOUS, READ
+from tapio.server.store import StoreUnavailable
 from tapio.server.subscribe import in_scope, scoped_events, scoped_groups
 
 EVENT_TYPE_NAMES = tuple(sorted(name for number, name in EVENT_TYPES.items() if number))
@@ -106,9 +108,13 @@ class ServerSurface:
         return dict(self.engine.groups_opened)
 
     def group_counts(self):
+        """{kind: groups stored}; None without a store or while its database is away."""
         if self.store is None:
             return None
-        return dict(self.store.group_counts())
+        try:
+            return dict(self.store.group_counts())
+        except StoreUnavailable:
+            return None
 
 
 class ServerHttp:
@@ -189,6 +195,11 @@ def readiness(surface):
     else:
         ok, reason = health
         checks["exporter"] = {"ok": ok, "detail": reason or ("healthy" if ok else "unhealthy")}
+    history = getattr(surface.store, "history", None)
+    if history is not None:
+        checks["database"] = {"ok": history.available, "detail": f"PostgreSQL {history.db_path}: "
+                              + ("writing" if history.available else
+                                 "away, retrying (collectors are paused while it is)")}
     backlog = surface.ingest.backlog()
     checks["ingest"] = {"ok": True, "detail": f"{backlog} batches waiting, {surface.ingest.pauses} "
                                               "pauses asked of collectors so far"}
@@ -267,8 +278,8 @@ def build_router(surface, sampler, registry):
         }
         limit = params.integer(request, "limit", default=100, minimum=1, maximum=MAX_LIMIT)
         store = _store(surface)
-        found = await trio.to_thread.run_sync(functools.partial(
-            scoped_events, store, _namespaces(request), limit=limit, **filters))
+        found = await _read(functools.partial(scoped_events, store, _namespaces(request),
+                                              limit=limit, **filters))
         return {"events": found, "count": len(found), "limit": limit,
                 "filters": {k: v for k, v in filters.items() if v is not None}}
 
@@ -287,7 +298,7 @@ def build_router(surface, sampler, registry):
             return (scoped_groups(store, namespaces, kind=kind, since_ns=since, limit=limit + 1,
                                   before=before),
                     None if namespaces else store.group_counts())
-        found, counts = await trio.to_thread.run_sync(query)
+        found, counts = await _read(query)
         more = len(found) > limit
         found = found[:limit]
         next_url = None
@@ -304,7 +315,7 @@ def build_router(surface, sampler, registry):
         params.only(request, ())
         group_id = _group_id(request.params["group_id"], "group id")
         store = _store(surface)
-        found = await trio.to_thread.run_sync(store.group, group_id)
+        found = await _read(functools.partial(store.group, group_id))
         if found is None or not in_scope(found, _namespaces(request)):
             raise HttpError(404, f"no group {group_id!r} (it may have aged out of the store)")
         return found
@@ -371,6 +382,14 @@ def streams_json(surface):
         "batch_ids_refused": getattr(ingest, "ids_refused", 0),
         "pause_ignored": getattr(ingest, "pause_ignored", 0),
     }
+
+
+async def _read(query):
+    """query() in a worker thread; 503 while the store's database is away."""
+    try:
+        return await trio.to_thread.run_sync(query)
+    except StoreUnavailable as e:
+        raise HttpError(503, f"the database is not reachable now: {e}", headers={"Retry-After": "5"})
 
 
 def _store(surface):

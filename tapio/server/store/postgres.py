@@ -4,9 +4,10 @@ replicas of a scaled-out server share (docs/scaling.md).
 PostgresStore has GroupStore's methods (put, groups, group, counts, count, retain, db_bytes,
 close) over the table tapio_groups, where the latest version of a group wins (upsert by id), and
 the event history, tapio_events: every event of every batch, written by record_events with
-COPY (binary rows made in C by tapio._fast.history.copy_rows) into a per-connection staging
-table, then INSERT ... ON CONFLICT DO NOTHING, so that a batch stored again (a collector's
-re-send, a replay from the bus) is stored once: the key is (collector_id, batch_id, idx).
+COPY (binary rows made in C by tapio._fast.history.copy_rows) straight into the table; when some
+of the batch is there already (a collector's re-send, a replay from the bus: the unique key
+(collector_id, batch_id, idx) refuses the COPY), the rows go through a per-connection staging
+table and INSERT ... ON CONFLICT DO NOTHING instead, so that a batch is stored once.
 
 Threads (psycopg 3, its sync client): every write goes through one connection under a lock (the
 ingest engine thread writes the history and, through the correlation engine, groups; the
@@ -76,6 +77,7 @@ _COLUMNS = ", ".join(HISTORY_COLUMNS)
 # the staging table of one connection: a batch is copied in, then inserted where it is new
 _STAGE = (f"CREATE TEMP TABLE tapio_events_in ON COMMIT DELETE ROWS AS SELECT {_COLUMNS} "
           f"FROM tapio_events WITH NO DATA")
+_COPY_NEW = f"COPY tapio_events ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _COPY_IN = f"COPY tapio_events_in ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _INSERT_NEW = (f"INSERT INTO tapio_events ({_COLUMNS}) SELECT {_COLUMNS} FROM tapio_events_in "
                f"ORDER BY idx ON CONFLICT (collector_id, batch_id, idx) DO NOTHING")
@@ -90,6 +92,8 @@ _UPSERT_GROUP = (
 RETAIN_EVERY = 100          # group writes between two group retention passes
 HISTORY_RETAIN_EVERY = 30.0  # seconds between two history retention passes
 RETAIN_CHUNK = 50_000       # history rows deleted per statement (short locks, bounded WAL)
+RETAIN_CHUNKS = 10          # statements per pass: a large backlog goes over several passes,
+                            # so that ingest, whose thread runs them, is held back only briefly
 HISTORY_SCAN = 1_000_000    # a history query looks at the newest events at most
 PENDING_GROUPS = 10_000     # group versions held while the database is away
 READERS = 4                 # pooled read connections
@@ -304,8 +308,9 @@ class PostgresStore:
         self.expired += removed
 
     def _retain_history(self, conn, now):
-        """Remove the events received before the retention cut, oldest first, in chunks. The
-        history is in arrival order (seq), so the cut is the first row received after it."""
+        """Remove the events received before the retention cut, oldest first, in chunks (at most
+        RETAIN_CHUNKS of them). The history is in arrival order (seq), so the cut is the first row
+        received after it."""
         self._history_retained_at = time.monotonic()
         if not self.history_retention_ns:
             return
@@ -317,7 +322,9 @@ class PostgresStore:
         end = row[0]
         if end is None:
             return
-        while not self._closing.is_set():
+        for _ in range(RETAIN_CHUNKS):
+            if self._closing.is_set():
+                break
             first = conn.execute("SELECT min(seq) FROM tapio_events").fetchone()[0]
             if first is None or first >= end:
                 break
@@ -383,18 +390,31 @@ class PostgresStore:
         data = copy_rows(batch, collector_id, now)
 
         def work(conn):
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    with cur.copy(_COPY_IN) as copy:
-                        copy.write(data)
-                    cur.execute(_INSERT_NEW)
-                    inserted = cur.rowcount
-            if time.monotonic() - self._history_retained_at > HISTORY_RETAIN_EVERY:
-                self._retain_history(conn, now)
+            try:
+                # the common case, a batch not seen before: straight into the table
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        with cur.copy(_COPY_NEW) as copy:
+                            copy.write(data)
+                inserted = len(batch)
+            except psycopg.errors.UniqueViolation:
+                # some of it is there already (a re-send, a replay): only what is new
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        with cur.copy(_COPY_IN) as copy:
+                            copy.write(data)
+                        cur.execute(_INSERT_NEW)
+                        inserted = cur.rowcount
             return inserted
         inserted = self._write("the event history", work, block=True)
         self.events_written += inserted
         self.events_replayed += len(batch) - inserted
+        if time.monotonic() - self._history_retained_at > HISTORY_RETAIN_EVERY:
+            try:
+                self._write("history retention", lambda conn: self._retain_history(conn, now),
+                            block=False)
+            except StoreUnavailable:
+                pass            # the next batch tries again
         return inserted
 
     def history_count(self, collector_id=None):
