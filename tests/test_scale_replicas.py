@@ -20,8 +20,8 @@ import pytest
 from tapio.server.bus import subjects
 from tapio.v1 import query_pb2, query_pb2_grpc, stream_pb2
 from tests.correlation_fixtures import Events, pod_context
-from tests.helpers import (BIN, ManagedProcess, free_port, http_json, read_in_background,
-                           wait_until)
+from tests.helpers import (BIN, ManagedProcess, StreamingCollector, free_port, http_json,
+                           read_in_background, require_ebpf, wait_until)
 from tests.nats_cluster import nats_cluster
 from tests.postgres import postgres_server
 
@@ -229,3 +229,36 @@ def test_start_up_failures_are_one_line_and_exit_2(tmp_path, case):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("tapio-server:")]
     assert len(lines) == 1 and expect in lines[0], proc.stderr
+
+
+def test_a_real_ebpf_collector_through_the_bus_is_answered_by_every_replica(tmp_path):
+    require_ebpf()
+    with nats_cluster(3) as nats, postgres_server() as dsn:
+        replicas = [Replica(tmp_path, f"r{i}", nats.bus, dsn) for i in range(2)]
+        col = None
+        try:
+            for r in replicas:
+                r.ready()
+            servers = ",".join(r.address for r in replicas)
+            col = StreamingCollector(tmp_path, servers, ["--collector-id", "ebpf-node",
+                                                         "--node-name", "ebpf-node"])
+            col.wait_log("eBPF probes attached", 60)
+            col.wait_log("Connected to Tapio server", 30)
+            # an exec the kernel sees: its pid is the ground truth
+            proc = subprocess.run(["/bin/sh", "-c", "echo $$; exit 3"], capture_output=True,
+                                  text=True, timeout=10)
+            pid = int(proc.stdout.strip())
+
+            def found(replica):
+                status, body = http_json(f"{replica.http}/api/v1/events?type=exit&pid={pid}")
+                return status == 200 and [e for e in body["events"]
+                                          if e["exit"]["exit_code"] == 3]
+            for r in replicas:
+                wait_until(lambda: found(r), 60, what=f"the exit of pid {pid} on {r.name}")
+            exits = found(replicas[0])
+            assert len(exits) == 1 and exits[0]["collector_id"] == "ebpf-node", exits
+        finally:
+            if col is not None:
+                col.stop()
+            for r in replicas:
+                r.stop()
