@@ -34,6 +34,7 @@ from tests.postgres import postgres_instance          # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 COLLECTORS = 4
+LIGHT_RATE = 2_000      # events/s per collector in the light-load run
 TICK = os.sysconf("SC_CLK_TCK")
 DELIVERED = re.compile(r"(\d+) events seen, (\d+) dropped in the kernel.*?(\d+) delivered")
 
@@ -126,13 +127,13 @@ def history_count(dsn, prefix):
                             (prefix + "%",)).fetchone()[0]
 
 
-def run(workdir, label, servers, count, dsn=None):
-    """COLLECTORS collectors, as fast as they go, to `servers`; the rate is end to end."""
+def run(workdir, label, servers, count, dsn=None, rate=0):
+    """COLLECTORS collectors, as fast as they go (or `rate` events/s each), to `servers`."""
     addresses = ",".join(s["address"] for s in servers)
     procs = []
     start = time.time()
     for i in range(COLLECTORS):
-        argv = [os.path.join(BIN, "tapio-collector"), "--source", "synthetic", "--rate", "0",
+        argv = [os.path.join(BIN, "tapio-collector"), "--source", "synthetic", "--rate", str(rate),
                 "--count", str(count), "--server", addresses, "--collector-id", f"{label}-c{i}",
                 "--node-name", f"{label}-node-{i}", "--correlation", "raw", "--batch-size", "2048",
                 "--flush-interval", "5ms", "--metrics-interval", "0", "--http-port", "0",
@@ -188,16 +189,18 @@ def main():
             cpu = proc_cpu(server["proc"].pid) - before
         finally:
             stop(server)
-        rate = r["delivered"] / r["seconds_to_ack"]
+        base = r["delivered"] / r["seconds_to_ack"]
         results.append({"setup": "embedded (no bus, SQLite in memory)", "replicas": 1,
-                        "delivered_per_s": round(rate), "acked_per_s": round(rate),
+                        "delivered_per_s": round(base), "acked_per_s": round(base),
                         "server_cpu_s": round(cpu, 2), **r})
-        rows.append(["embedded (no bus)", 1, f"{r['delivered']:,}", f"{rate:,.0f}", f"{rate:,.0f}",
+        rows.append(["embedded (no bus)", 1, f"{r['delivered']:,}", f"{base:,.0f}", f"{base:,.0f}",
                      "-", "-", "-", f"{cpu:.1f}", "-", "-"])
         with nats_cluster(3, timeout=60) as nats, postgres_instance() as pg:
             nats_pids = [p.pid for p in nats.procs]
-            for n in (1, 2, 3):
-                label = f"r{n}"
+            # as fast as the collectors go with 1, 2, 3 replicas; then 3 at a light load, for the
+            # publish-to-ack latency of a bus that is not saturated
+            for n, rate in ((1, 0), (2, 0), (3, 0), (3, LIGHT_RATE)):
+                label = f"r{n}" + ("-light" if rate else "")
                 servers = []
                 try:
                     for i in range(n):
@@ -208,7 +211,9 @@ def main():
                     nats_before = cpu_of(nats_pids)
                     pg_pids = [pg.proc.pid] + children(pg.proc.pid)
                     pg_before = cpu_of(pg_pids)
-                    r = run(workdir, label, servers, count, pg.dsn)
+                    stored_before = nats.jsz(0).get("bytes", 0)
+                    r = run(workdir, label, servers, LIGHT_RATE * 5 if rate else count, pg.dsn, rate)
+                    stream_bytes = nats.jsz(0).get("bytes", 0) - stored_before
                     nats_cpu = cpu_of(nats_pids) - nats_before
                     replica_cpu = cpu_of(replica_pids) - replica_before
                     pg_cpu = cpu_of([pg.proc.pid] + children(pg.proc.pid)) - pg_before
@@ -217,23 +222,26 @@ def main():
                     for s in servers:
                         if s["proc"].poll() is None:
                             stop(s)
-                rate = r["delivered"] / r["seconds_to_history"]
+                per_s = r["delivered"] / r["seconds_to_history"]
                 acked = r["delivered"] / r["seconds_to_ack"]
                 p50 = max(x["p50"] or 0 for x in relays)
                 p99 = max(x["p99"] or 0 for x in relays)
-                results.append({"setup": f"{n} replica(s), 3 NATS nodes (R=3), PostgreSQL",
-                                "replicas": n, "delivered_per_s": round(rate),
+                load = f", {rate:,} events/s per collector" if rate else ""
+                results.append({"setup": f"{n} replica(s), 3 NATS nodes (R=3), PostgreSQL{load}",
+                                "offered_per_collector": rate or "max",
+                                "replicas": n, "delivered_per_s": round(per_s),
                                 "acked_per_s": round(acked),
                                 "publish_ack_ms_p50": p50, "publish_ack_ms_p99": p99,
                                 "replica_cpu_s": round(replica_cpu, 2), "nats_cpu_s": round(nats_cpu, 2),
                                 "postgres_cpu_s": round(pg_cpu, 2),
+                                "stream_bytes_per_event": round(stream_bytes / r["delivered"], 1),
                                 "events_per_replica_cpu_s": round(r["delivered"] / max(replica_cpu, 1e-9)),
                                 "events_per_nats_cpu_s": round(r["delivered"] / max(nats_cpu, 1e-9)),
                                 "events_per_postgres_cpu_s": round(r["delivered"] / max(pg_cpu, 1e-9)),
                                 **r})
-                rows.append([f"bus, {n} replica(s)", n, f"{r['delivered']:,}", f"{rate:,.0f}",
+                rows.append([f"bus, {n} replica(s)" + (f", {rate:,}/s each" if rate else ""), n, f"{r['delivered']:,}", f"{per_s:,.0f}",
                              f"{acked:,.0f}",
-                             f"{results[1]['delivered_per_s'] and rate / results[1]['delivered_per_s']:.2f}x",
+                             "-" if load else f"{per_s / results[1]['delivered_per_s']:.2f}x",
                              p50, p99, f"{replica_cpu:.1f}", f"{nats_cpu:.1f}", f"{pg_cpu:.1f}"])
     print_table(["setup", "replicas", "delivered", "events/s in history", "acked/s", "vs 1 replica",
                  "publish->ack p50 ms", "p99 ms", "tapio CPU s", "NATS CPU s", "PG CPU s"], rows)

@@ -37,6 +37,8 @@ from tapio.server.bus import subjects
 
 log = logging.getLogger("tapio.server.bus")
 
+MAX_SEEN = 200_000
+
 
 class _Partition:
     def __init__(self, number, revision, start_seq):
@@ -44,7 +46,9 @@ class _Partition:
         self.revision = revision          # of its lease key, for the next renewal
         self.renewed = time.monotonic()
         self.next_seq = start_seq         # the next stream sequence to process
-        self.seen = collections.deque()   # (stream seq, wall time) processed, for the checkpoint
+        # (stream seq, wall time) processed, for the checkpoint; bounded: past MAX_SEEN messages
+        # within the replay window the checkpoint moves on, and a takeover replays less
+        self.seen = collections.deque(maxlen=MAX_SEEN)
         self.consumer = None
         self.sub = None
         self.task = None
