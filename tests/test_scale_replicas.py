@@ -262,3 +262,41 @@ def test_a_real_ebpf_collector_through_the_bus_is_answered_by_every_replica(tmp_
                 col.stop()
             for r in replicas:
                 r.stop()
+
+
+def test_jetstream_without_quorum_pauses_collectors_and_loses_nothing(tmp_path):
+    with nats_cluster(3) as nats, postgres_server() as dsn:
+        replicas = [Replica(tmp_path, f"r{i}", nats.bus, dsn) for i in range(2)]
+        collectors = []
+        try:
+            for r in replicas:
+                r.ready()
+            servers = ",".join(r.address for r in replicas)
+            total = 15_000
+            collectors = [collector(tmp_path, servers, f"q{i}", total, 1500) for i in range(2)]
+            history = HistoryCounts(dsn)
+            wait_until(lambda: history.count("q0") > 1000, 60, what="events in the history")
+            nats.kill(1)
+            nats.kill(2)           # one node of three: no quorum, JetStream takes nothing
+            wait_until(lambda: any("pausing collectors" in r.log() for r in replicas), 30,
+                       what="a replica pausing its collectors")
+            time.sleep(3)
+            assert all(c.proc.poll() is None for c in collectors)
+            nats.start(1)
+            nats.start(2)
+            wait_until(lambda: any("resuming collectors" in r.log() for r in replicas), 60,
+                       what="a replica resuming its collectors")
+            for c in collectors:
+                assert c.proc.wait(120) == 0, c.log()
+            delivered = {f"q{i}": int(DELIVERED.findall(c.log().strip().splitlines()[-1])[-1])
+                         for i, c in enumerate(collectors)}
+            assert all(n == total for n in delivered.values()), delivered
+            wait_until(lambda: all(history.count(cid) >= n for cid, n in delivered.items()), 90,
+                       what=f"every delivered event in the history: {history.last}")
+            for cid, n in delivered.items():
+                assert history.exactly_once(cid) == (n, n), cid
+        finally:
+            for c in collectors:
+                c.stop()
+            for r in replicas:
+                r.stop()
