@@ -5,15 +5,15 @@ exactly once; /api/v1/groups and /api/v1/events answer from PostgreSQL), the dat
 back at run time, and start-up failures (one line, exit 2)."""
 import json
 import os
-import re
-import signal
 import subprocess
 import uuid
 
+import grpc
 import pytest
 
 from tapio.server.store import Store, StoreUnavailable
-from tests.correlation_fixtures import SEC, T0, Events, State, pod_context
+from tapio.v1 import query_pb2, query_pb2_grpc
+from tests.correlation_fixtures import SEC, T0, Events, pod_context
 from tests.helpers import BIN, ManagedProcess, ServerProcess, free_port, http_get, wait_until
 from tests.postgres import PostgresInstance
 from tests.test_store import group
@@ -249,6 +249,17 @@ def test_every_acked_event_is_in_the_history_once_and_the_api_reads_postgres(tmp
         assert events[1]["id"] == f"ebpf-{total}"        # the newest of the collector's
         status, _, body = http_get(f"{server.http_url}/readyz")
         assert status == 200 and b"PostgreSQL" in body
+        _, _, metrics = http_get(f"{server.http_url}/metrics")
+        assert b"tapio_store_db_available 1.0" in metrics
+        assert f'tapio_history_events_total{{result="new"}} {total}.0'.encode() in metrics, metrics
+        # TapioQuery too: ListEvents gives the bytes the other writer stored, ListGroups its group
+        with grpc.insecure_channel(server.address) as channel:
+            stub = query_pb2_grpc.TapioQueryStub(channel)
+            listed = stub.ListEvents(query_pb2.ListEventsRequest(collector_id="elsewhere"), timeout=10)
+            assert list(listed.collector_ids) == ["elsewhere"]
+            assert listed.events[0].comm == "far-away" and listed.events[0].pid == 4242
+            groups = stub.ListGroups(query_pb2.ListGroupsRequest(), timeout=10).groups
+            assert [g.id for g in groups] == [group(7)["id"]]
     finally:
         col.stop()
         server.stop()
@@ -270,7 +281,12 @@ def test_the_database_lost_mid_stream_pauses_and_loses_nothing(tmp_path, pg, dsn
         status, _, body = http_get(f"{server.http_url}/readyz")
         assert status == 503 and b"away" in body
         status, headers, body = http_get(f"{server.http_url}/api/v1/events")
-        assert status == 503 and b"database" in body
+        assert status == 503 and b"database" in body and headers.get("Retry-After") == "5"
+        status, _, body = http_get(f"{server.http_url}/api/v1/groups")
+        assert status == 503
+        status, _, metrics = http_get(f"{server.http_url}/metrics")
+        assert status == 200 and b"tapio_store_db_available 0.0" in metrics
+        assert b"tapio_store_events " in metrics          # what is in memory still counts
         # ingest waits for the database: the queue fills and the collector is paused
         def backlog():
             status, _, body = http_get(f"{server.http_url}/api/v1/stats")

@@ -501,6 +501,7 @@ class ServerMetrics:
                     ("kind",))
             for kind in sorted(set(GROUP_KINDS) | set(counts)):
                 f.add("tapio_groups_stored", counts.get(kind, 0), kind)
+        if s.store is not None:
             store = s.store.stats()
             f.gauge("tapio_store_events", "Recent events kept in memory for the API")
             f.add("tapio_store_events", store.get("events_kept"))
@@ -511,6 +512,19 @@ class ServerMetrics:
             f.add("tapio_store_db_bytes", store.get("db_bytes"))
             f.counter("tapio_store_subscriber_drops_total", "Live-view items a slow subscriber missed")
             f.add("tapio_store_subscriber_drops_total", store.get("subscriber_drops"))
+            pg = store.get("postgresql")
+            if pg is not None:
+                f.gauge("tapio_store_db_available", "1 while PostgreSQL takes writes, 0 while it is away")
+                f.add("tapio_store_db_available", int(pg["available"]))
+                f.counter("tapio_store_db_errors_total", "Failed PostgreSQL connects and statements")
+                f.add("tapio_store_db_errors_total", pg["errors"])
+                f.counter("tapio_history_events_total",
+                          "Events written to the history (new), or found there already (replayed)",
+                          ("result",))
+                f.add("tapio_history_events_total", pg["events_written"], "new")
+                f.add("tapio_history_events_total", pg["events_replayed"], "replayed")
+                f.gauge("tapio_store_groups_held", "Group versions waiting for PostgreSQL to come back")
+                f.add("tapio_store_groups_held", pg["groups_held"])
         health = s.exporter_health()
         if health is not None:
             f.gauge("tapio_exporter_healthy", "1 while the trace exporter is healthy")

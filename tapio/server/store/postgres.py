@@ -222,6 +222,10 @@ class PostgresStore:
             if conn is not None:
                 conn.close()
             raise StoreUnavailable(f"PostgreSQL {self.db_path}: {one_line(e)}") from None
+        except BaseException:
+            if conn is not None:
+                conn.close()        # not back into the pool in a state nobody checked
+            raise
         with self._readers_lock:
             if len(self._readers) < READERS and not self._closing.is_set():
                 self._readers.append(conn)
