@@ -161,6 +161,9 @@ async def _main(args):
         service.draining.set()
         server.set_serving(False)
         await trio.to_thread.run_sync(ingest.wait_idle, args.shutdown_grace)
+        if replica is not None:
+            # the acks of what JetStream is still taking go out before the streams end
+            await trio.to_thread.run_sync(replica.relay.wait_idle, args.shutdown_grace)
         service.end_all_streams("server shutting down: reconnect")
         query.close()
         await trio.to_thread.run_sync(server.stop, args.shutdown_grace)

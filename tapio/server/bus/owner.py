@@ -106,33 +106,23 @@ class Owner:
 
     async def _run(self):
         while not self._stopping:
+            started = time.monotonic()
             try:
                 await self._round()
             except Exception as e:
                 log.warning("Bus: lease round failed: %s", str(e) or type(e).__name__)
-            await asyncio.sleep(self.lease / 3)
+            # a round every lease/3 seconds from start to start, however long one takes
+            await asyncio.sleep(max(0.1, self.lease / 3 - (time.monotonic() - started)))
 
     async def _round(self):
         now = time.monotonic()
+        # renewals first and all at once: a slow round must not let a lease lapse
+        await asyncio.gather(*(self._renew(part, now) for part in list(self.owned.values())))
         await self.leases.put(f"replica.{subjects.token(self.replica_id)}", b"alive")
         info = await self.bus.js.stream_info(f"KV_{subjects.LEASES}",
                                              subjects_filter=f"$KV.{subjects.LEASES}.replica.>")
         self.live_replicas = max(1, len(info.state.subjects or {}))
         share = math.ceil(subjects.PARTITIONS / self.live_replicas)
-        for part in list(self.owned.values()):
-            try:
-                part.revision = await self.leases.update(f"p{part.number:02d}",
-                                                         self.replica_id.encode(), last=part.revision)
-                part.renewed = now
-            except Exception as e:
-                wrong = type(e).__name__ == "KeyWrongLastSequenceError"
-                if wrong or now - part.renewed > self.lease * 0.8:
-                    log.warning("Bus: lost partition p%02d (%s)", part.number,
-                                "taken by another replica" if wrong else "lease not renewed")
-                    self.lost += 1
-                    await self._stop(part, release=False)
-                continue
-            await self._checkpoint(part)
         while len(self.owned) > share:
             part = self.owned[max(self.owned)]
             await self._stop(part, release=True)
@@ -148,8 +138,8 @@ class Owner:
                 if revision is not None:
                     won.append((p, revision))
             if won:
-                # read the leases back before consuming: the compare-and-set of the JetStream
-                # 2.9 servers this was tried on let two replicas win the same key now and then
+                # read the leases back before consuming: see docs/scaling.md on two replicas
+                # that both saw their write to one key accepted
                 await asyncio.sleep(0.3)
                 for p, revision in won:
                     try:
@@ -158,6 +148,21 @@ class Owner:
                         continue
                     if entry.revision == revision and entry.value == self.replica_id.encode():
                         await self._take(p, revision)
+
+    async def _renew(self, part, now):
+        try:
+            part.revision = await self.leases.update(f"p{part.number:02d}",
+                                                     self.replica_id.encode(), last=part.revision)
+            part.renewed = now
+        except Exception as e:
+            wrong = type(e).__name__ == "KeyWrongLastSequenceError"
+            if wrong or now - part.renewed > self.lease * 0.8:
+                log.warning("Bus: lost partition p%02d (%s)", part.number,
+                            "taken by another replica" if wrong else "lease not renewed")
+                self.lost += 1
+                await self._stop(part, release=False)
+            return
+        await self._checkpoint(part)
 
     async def _acquire(self, key):
         """The new revision of lease `key`, now ours; None when someone holds it."""

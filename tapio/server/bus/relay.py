@@ -58,20 +58,35 @@ class BusRelay:
     # -- the acker thread ------------------------------------------------------------------------
     def _acker(self):
         while True:
-            session, batch, raw, future, sent = self._inflight.get()
-            if session is None:
-                return
-            if batch is None:
-                self.ingest.stream_done(session)
-                continue
-            ack = self._wait(session, batch, raw, future, sent)
-            if ack is None:
-                continue          # closing: not acked, the collector sends it again elsewhere
-            self._note_latency(time.monotonic() - sent)
-            self.published += 1
-            if ack.duplicate:
-                self.duplicates += 1
-            self.ingest.published(session, batch, duplicate=ack.duplicate)
+            item = self._inflight.get()
+            try:
+                if item[0] is None:
+                    return
+                self._settle(*item)
+            finally:
+                self._inflight.task_done()
+
+    def _settle(self, session, batch, raw, future, sent):
+        if batch is None:
+            self.ingest.stream_done(session)
+            return
+        ack = self._wait(session, batch, raw, future, sent)
+        if ack is None:
+            return                # closing: not acked, the collector sends it again elsewhere
+        self._note_latency(time.monotonic() - sent)
+        self.published += 1
+        if ack.duplicate:
+            self.duplicates += 1
+        self.ingest.published(session, batch, duplicate=ack.duplicate)
+
+    def wait_idle(self, timeout):
+        """Until every batch handed over is acked (bounded); True when they all were."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._inflight.unfinished_tasks == 0:
+                return True
+            time.sleep(0.01)
+        return False
 
     def _wait(self, session, batch, raw, future, sent):
         delay = self.backoff[0]
@@ -119,9 +134,7 @@ class BusRelay:
 
     def close(self, timeout=5.0):
         """Stop after what is in flight (bounded by `timeout`); what is left is not acked."""
-        deadline = time.monotonic() + timeout
-        while self._inflight.qsize() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        self.wait_idle(timeout)
         self._closing.set()
         try:
             self._inflight.put((None, None, None, None, 0.0), timeout=1.0)
