@@ -33,12 +33,14 @@ def crash_exit(ev, i):
                    context=pod_context())
 
 
-def request(ev, *events):
-    """(request bytes, decoded batch) of the next batch of `ev`'s collector."""
+def request(ev, *events, seq=None):
+    """(request bytes, decoded batch) of the next batch of `ev`'s collector; `seq`: the
+    (first, last) sequence numbers it accounts for."""
     ev.batch_id += 1
+    first, last = seq or (0, 0)
     raw = stream_pb2.TapioStreamEventsRequest(batch=stream_pb2.EventBatch(
         batch_id=ev.batch_id, collector_id=ev.collector, node_name=ev.node, events=list(events),
-        created_at_ns=ev.now)).SerializeToString()
+        created_at_ns=ev.now, first_seq=first, last_seq=last)).SerializeToString()
     return raw, DecodedBatch.parse(raw)
 
 
@@ -176,3 +178,29 @@ def test_one_owner_per_partition_and_a_takeover_keeps_the_group():
             if b is not None:
                 b.close(2)
             a.relay.close(1)
+
+
+def test_the_owner_marks_groups_that_overlap_a_sequence_gap_incomplete():
+    with nats_cluster(3) as cluster:
+        groups = {}
+        a, ingest = _replica(cluster, "a", groups)
+        try:
+            session = StreamSession("test")
+            ingest.hello(session, "col-gap", "node-gap", "v")
+            ev = Events("col-gap", "node-gap", start_ns=time.time_ns())
+            for i in range(6):
+                raw, batch = request(ev, crash_exit(ev, i), seq=(i + 1, i + 1))
+                ingest.submit(session, batch, raw)
+            # events 7..9 never arrive: the next batch starts at 10
+            raw, batch = request(ev, crash_exit(ev, 6), seq=(10, 10))
+            ingest.submit(session, batch, raw)
+            responses(session, 7, 20)
+
+            def latest():
+                return [versions[-1] for versions in groups.values()]
+            wait_until(lambda: latest() and latest()[0]["incomplete"], 20,
+                       what=f"the crash loop marked incomplete: {latest()}")
+            (group,) = latest()
+            assert group["attributes"]["gaps"][0]["reason"] == "sequence gap 7-9 (3 events)"
+        finally:
+            a.close(2)

@@ -13,6 +13,8 @@ from tapio.server.bus.fanout import GroupFanout
 from tapio.server.bus.loop import BusError, BusLoop
 from tapio.server.bus.owner import Owner
 from tapio.server.bus.relay import BusRelay
+from tapio.server.ingest import _time_range
+from tapio.server.sequence import SequenceTracker
 
 log = logging.getLogger("tapio.server.bus")
 
@@ -107,7 +109,7 @@ class Replica:
             if len(self._states) > 100_000:
                 self._states.clear()
             state = self._states[collector_id] = types.SimpleNamespace(
-                collector_id=collector_id, node_name=node)
+                collector_id=collector_id, node_name=node, sequence=SequenceTracker())
         return state
 
     def _process(self, items):
@@ -127,7 +129,14 @@ class Replica:
             for batch, collector_id, _ in batches:
                 record(batch, collector_id)
         for batch, collector_id, node in batches:
-            self.correlation.consume(batch, self._state(collector_id, node))
+            state = self._state(collector_id, node)
+            # the owner follows each collector's sequence too, in stream order: its gaps (and
+            # kernel drops) mark the groups they overlap incomplete, as ingest does without a bus
+            first_ns, last_ns = _time_range(batch)
+            for gap in state.sequence.observe(batch.first_seq, batch.last_seq, first_ns, last_ns,
+                                              batch.kernel_drops):
+                self.correlation.mark_gap(collector_id, gap.start_ns, gap.end_ns, gap.describe())
+            self.correlation.consume(batch, state)
 
     def stats(self):
         return {"relay": self.relay.stats(), "owner": self.owner.stats(),
