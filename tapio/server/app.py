@@ -170,8 +170,9 @@ async def _main(args):
         ingest.close()
         if replica is not None:
             await trio.to_thread.run_sync(replica.close, args.shutdown_grace)
-        # close the groups still open (their last version is stored and exported)
-        await trio.to_thread.run_sync(correlation.close)
+        # close the groups still open (their last version is stored and exported); a replica
+        # leaves them open: the replica that takes its partitions over goes on with them
+        await trio.to_thread.run_sync(correlation.close, replica is None)
         await trio.to_thread.run_sync(exporter.shutdown, args.shutdown_grace)
         if http is not None:
             http.stop()

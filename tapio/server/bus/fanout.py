@@ -9,6 +9,7 @@ import json
 import logging
 
 from tapio.server.bus import subjects
+from tapio.server.bus.loop import BusError
 
 log = logging.getLogger("tapio.server.bus")
 
@@ -39,7 +40,11 @@ class GroupFanout:
         """Tell the other replicas about a group version (does not wait)."""
         _, data = group_body(group)
         headers = {subjects.REPLICA: self.replica_id}
-        future = self.bus.submit(self.bus.nc.publish(subjects.GROUPS_SUBJECT, data, headers=headers))
+        try:
+            future = self.bus.submit(self.bus.nc.publish(subjects.GROUPS_SUBJECT, data, headers=headers))
+        except BusError:                # the bus is closed (shutting down)
+            self.send_errors += 1
+            return
         future.add_done_callback(self._sent)
 
     def _sent(self, future):

@@ -26,8 +26,10 @@ class BusLoop:
         self._nats = nats
         self.servers = list(servers)
         self.loop = asyncio.new_event_loop()
+        self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bus", daemon=True)
         self._thread.start()
+        self._started.wait(10)
         self._last_error_log = 0.0
         self.disconnects = 0
         self.nc = None
@@ -40,6 +42,7 @@ class BusLoop:
 
     def _run(self):
         asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._started.set)
         self.loop.run_forever()
 
     async def _connect(self, name, timeout):
@@ -66,7 +69,11 @@ class BusLoop:
             reconnected_cb=reconnected, error_cb=error), timeout)
 
     def submit(self, coro):
-        """Run `coro` on the bus loop; a concurrent.futures.Future of its result."""
+        """Run `coro` on the bus loop; a concurrent.futures.Future of its result (BusError once
+        the loop is closed)."""
+        if self.loop.is_closed() or not self.loop.is_running():
+            coro.close()
+            raise BusError("the bus connection is closed")
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def call(self, coro, timeout):
