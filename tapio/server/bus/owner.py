@@ -90,13 +90,14 @@ class Owner:
         self._pool.shutdown(wait=True)
 
     def partitions(self):
-        return sorted(self.owned)
+        return sorted(dict(self.owned))     # a copy: the bus loop changes it meanwhile
 
     def stats(self):
-        return {"replica": self.replica_id, "partitions": self.partitions(),
+        owned = dict(self.owned)
+        return {"replica": self.replica_id, "partitions": sorted(owned),
                 "live_replicas": self.live_replicas, "taken": self.taken, "lost": self.lost,
                 "released": self.released,
-                "processed": {f"p{p:02d}": s.processed for p, s in sorted(self.owned.items())}}
+                "processed": {f"p{p:02d}": s.processed for p, s in sorted(owned.items())}}
 
     # -- on the bus loop --------------------------------------------------------------------------
     async def _setup(self):
