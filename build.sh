@@ -60,13 +60,12 @@ apt_install() {
 # one on :5432 and nats-server one on :4222: the tests run their own instances, so a service this
 # script brought in is stopped again (and not started at boot).
 stop_installed_services() {
-    local package service
+    local package
     for package in prometheus postgresql nats-server; do
         [[ " ${INSTALLED[*]} " == *" $package "* ]] || continue
-        service=$package
-        command -v systemctl >/dev/null && systemctl is-active --quiet "$service" 2>/dev/null || continue
-        log "stopping the $service service Debian started (the tests run their own)"
-        systemctl disable --now "$service" >/dev/null 2>&1 || true
+        command -v systemctl >/dev/null && systemctl is-active --quiet "$package" 2>/dev/null || continue
+        log "stopping the $package service Debian started (the tests run their own)"
+        systemctl disable --now "$package" >/dev/null 2>&1 || true
     done
     # without systemd, Debian's postgresql starts its cluster through pg_ctlcluster
     if [[ " ${INSTALLED[*]} " == *" postgresql "* ]] && command -v pg_lsclusters >/dev/null; then
@@ -74,7 +73,7 @@ stop_installed_services() {
             [ "$status" = online ] || continue
             log "stopping the PostgreSQL cluster $version/$cluster Debian started"
             pg_ctlcluster "$version" "$cluster" stop >/dev/null 2>&1 || true
-        done
+        done || true
     fi
 }
 

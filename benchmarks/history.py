@@ -6,16 +6,23 @@ simple way and against SQLite, in the same run.
 A real PostgreSQL 15 (started in a temp dir as the tests do: tests/postgres.py; default settings,
 so fsync and synchronous commit are on) on 127.0.0.1, and the enriched events of a busy node
 (benchmarks/correlate.py's stream: contexts, process details, ~210 bytes an event), in decoded
-batches of 512, one transaction per batch as ingest writes them:
+batches of 512, one transaction per batch as ingest writes them (unless said otherwise):
 
   copy (ours)          Store.record_events: the batch's rows made in C as COPY binary input,
                        copied into a staging table, then INSERT ... ON CONFLICT DO NOTHING
   copy, replayed       the same batches again: every row already there (a collector's re-send,
                        a replay from the bus): the cost of idempotence
+  copy, 8 a commit     Store.record_many: 8 batches in one transaction (one WAL flush), as a
+                       consumer that has several batches at hand (a bus consumer) can write
   executemany          the simple way: a tuple per event in Python (event_dict, event_wire),
                        psycopg's executemany of INSERT ... ON CONFLICT DO NOTHING (pipelined)
   sqlite (baseline)    the same rows, executemany of INSERT OR IGNORE into an SQLite file in WAL
                        mode with synchronous=NORMAL (the embedded default's settings)
+
+And end to end: a real `tapio-server` (`--db :memory:`, the baseline, then `--db postgresql://`)
+and a real `tapio-collector --source synthetic --correlation raw` sending N events as fast as it
+can, with the collector's default batches of 100 and with batches of 1,000: events/s from the
+collector's start to its exit, every event acked (its closing line says so, or the run fails).
 
 Each run starts from an empty table; the best run is reported. CPU seconds are this process's
 (the client: rows and the driver) and PostgreSQL's (the postmaster and its children, from
@@ -24,6 +31,7 @@ side carries, the figure docs/scaling.md projects from.
 """
 import argparse
 import os
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -36,6 +44,8 @@ import psycopg
 
 from tapio._fast.codec import DecodedBatch
 from tapio.server.store import Store
+
+GROUP = 8          # batches a transaction, for Store.record_many
 
 COLUMNS = ("collector_id", "batch_id", "idx", "node", "event_id", "type", "pid", "timestamp_ns",
            "comm", "container_id", "container_name", "received_ns", "event")
@@ -79,6 +89,41 @@ def batch_type(event):
     return _TYPES.get(event["type"], 0)
 
 
+def end_to_end(db, count, batch_size, workdir):
+    """Delivered events/s of a synthetic collector into a real server on `db`."""
+    import socket
+    import subprocess
+    bin_dir = os.path.dirname(sys.executable)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(os.path.join(workdir, "server.log"), "ab")
+    server = subprocess.Popen([os.path.join(bin_dir, "tapio-server"), "--host", "127.0.0.1",
+                               "--grpc-port", str(port), "--http-port", "0", "--db", db],
+                              stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:          # until it listens
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        start = time.perf_counter()
+        done = subprocess.run([os.path.join(bin_dir, "tapio-collector"), "--source", "synthetic",
+                               "--server", f"127.0.0.1:{port}", "--correlation", "raw", "--count",
+                               str(count), "--batch-size", str(batch_size), "--metrics-interval", "0"],
+                              capture_output=True, text=True, timeout=600)
+        wall = time.perf_counter() - start
+        last = (done.stderr.strip().splitlines() or [""])[-1]
+        if done.returncode != 0 or f"{count} delivered" not in last:
+            sys.exit(f"benchmark: the collector did not deliver every event into {db}: {last}")
+        return count / wall
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
 def measure(work, batches, postmaster):
     cpu0, pg0, t0 = time.process_time(), postgres_cpu(postmaster), time.perf_counter()
     for batch in batches:
@@ -91,6 +136,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON here ('-': stdout)")
     ap.add_argument("--events", type=int, default=BATCH * 200, help="events per run (default %(default)s)")
+    ap.add_argument("--e2e-events", type=int, default=200_000,
+                    help="events the collector sends end to end (default %(default)s)")
     ap.add_argument("--runs", type=int, default=3, help="runs of each, the best counts (default %(default)s)")
     args = ap.parse_args()
     try:
@@ -103,6 +150,7 @@ def main():
     wire_bytes = sum(len(b.event_wire(i)) for b in batches for i in range(len(b)))
     n = sum(len(b) for b in batches)
     results = []
+    tmp = None
     try:
         pg.start()
         postmaster = pg.proc.pid
@@ -115,6 +163,9 @@ def main():
 
         def copy(batch):
             store.record_events(batch, "node-a")
+
+        def copy_grouped(group):
+            store.record_many([(batch, "node-a") for batch in group])
 
         def executemany(batch):
             rows = simple_rows(batch, "node-a", time.time_ns())
@@ -143,7 +194,9 @@ def main():
         def empty_sqlite():
             lite.execute("DELETE FROM tapio_events")
 
+        grouped = [batches[i:i + GROUP] for i in range(0, len(batches), GROUP)]
         cases = [("copy (ours)", copy, empty_pg, False), ("copy, replayed", copy, None, True),
+                 (f"copy, {GROUP} batches a commit", copy_grouped, empty_pg, False),
                  ("executemany", executemany, empty_pg, False),
                  ("sqlite (baseline)", sqlite, empty_sqlite, False)]
         footprint = {}
@@ -157,7 +210,8 @@ def main():
                 elif empty is not None:
                     empty()
                 lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
-                wall, client, server = measure(work, batches, postmaster)
+                wall, client, server = measure(work, grouped if work is copy_grouped else batches,
+                                               postmaster)
                 if best is None or wall < best[0]:
                     best = (wall, client, server)
                 if name == "copy (ours)":
@@ -181,8 +235,18 @@ def main():
         conn.close()
         store.close()
         lite.close()
+        pg.psql("CREATE DATABASE e2e")
+        e2e = []
+        for batch_size in (100, 1000):
+            memory = end_to_end(":memory:", args.e2e_events, batch_size, tmp)
+            history = end_to_end(f"postgresql://postgres@127.0.0.1:{pg.port}/e2e", args.e2e_events,
+                                 batch_size, tmp)
+            e2e.append({"batch_size": batch_size, "memory_events_per_s": round(memory),
+                        "postgresql_events_per_s": round(history)})
     finally:
         pg.remove()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     base = results[-1]["events_per_s"]
     print(f"{n} events in batches of {BATCH} ({wire_bytes / n:.0f} wire bytes an event), one "
           f"transaction per batch, best of {args.runs}")
@@ -191,8 +255,15 @@ def main():
                   r["client_cpu_s"], r["server_cpu_s"], r["events_per_core_s"]] for r in results])
     print(f"copy (ours): {footprint['stored_bytes_per_event']:.0f} bytes an event in the table "
           f"and its indexes, {footprint['wal_bytes_per_event']:.0f} bytes of WAL an event")
+    print()
+    print(f"end to end: tapio-collector --source synthetic ({args.e2e_events} events, raw path) -> "
+          f"tapio-server, every event acked")
+    print_table(["collector batch", "--db :memory: events/s", "--db postgresql:// events/s", "ratio"],
+                [[r["batch_size"], r["memory_events_per_s"], r["postgresql_events_per_s"],
+                  f"{r['postgresql_events_per_s'] / r['memory_events_per_s']:.2f}x"] for r in e2e])
     report = {"benchmark": "history", "machine": machine(), "batch": BATCH, "runs": args.runs,
-              "wire_bytes_per_event": round(wire_bytes / n, 1), **footprint, "results": results}
+              "wire_bytes_per_event": round(wire_bytes / n, 1), **footprint, "results": results,
+              "end_to_end": e2e}
     if args.json:
         write_json(args.json, report)
 

@@ -113,6 +113,20 @@ def test_a_batch_recorded_twice_is_stored_once(store):
     assert [e["pid"] for e in store.recent_events(collector="node-a", limit=2)] == [14, 13]
 
 
+def test_several_batches_in_one_transaction_new_and_replayed_alike(store):
+    ev, other = Events(), Events(collector="node-b", node="node-b")
+    first = ev.batch(ev.exec(1, 0, "a"), ev.exec(2, 0, "b"))
+    second = ev.batch(ev.exec(3, 0, "c"))
+    theirs = other.batch(other.exec(4, 0, "d"))
+    assert store.record_many([(first, "node-a"), (theirs, "node-b"), (second, "node-a")]) == 4
+    # a replay of two of them with one that is new: only the new one goes in
+    third = ev.batch(ev.exec(5, 0, "e"), ev.exec(6, 0, "f"))
+    assert store.record_many([(second, "node-a"), (third, "node-a"), (theirs, "node-b")]) == 2
+    assert store.history_count() == 6
+    # in the order given, each batch's events in order: newest first is the reverse
+    assert [e["comm"] for e in store.recent_events()] == ["f", "e", "c", "d", "b", "a"]
+
+
 def test_history_queries_answer_like_the_memory_store(store):
     ev = Events()
     other = Events(collector="node-b", node="node-b")

@@ -89,9 +89,16 @@ cdef inline int64_t clamp64(uint64_t v) noexcept nogil:
     return <int64_t>v if v <= <uint64_t>INT64_MAX else INT64_MAX
 
 
-def copy_rows(DecodedBatch batch not None, str collector_id not None, int64_t received_ns):
+COPY_HEADER = HEADER
+COPY_TRAILER = TRAILER
+
+
+def copy_rows(DecodedBatch batch not None, str collector_id not None, int64_t received_ns,
+              bint framed=True):
     """The COPY ... (FORMAT BINARY) input of the batch's events: header, one row per event
-    (HISTORY_COLUMNS), trailer. `collector_id` is the one the server knows the stream by."""
+    (HISTORY_COLUMNS), trailer. `collector_id` is the one the server knows the stream by.
+    Without `framed`, the rows alone: several batches' rows between one COPY_HEADER and one
+    COPY_TRAILER are one COPY."""
     cdef const tapio_batch *b = &batch.c
     cdef const tapio_record *rec
     cdef bytes collector = collector_id.encode("utf-8", "replace")
@@ -100,7 +107,7 @@ def copy_rows(DecodedBatch batch not None, str collector_id not None, int64_t re
     cdef const uint8_t *wire_ptr
     cdef uint32_t wire_len
     cdef uint32_t i
-    cdef size_t size = len(HEADER) + len(TRAILER)
+    cdef size_t size = len(HEADER) + len(TRAILER) if framed else 0
     cdef uint32_t clen = PyBytes_GET_SIZE(collector)
     cdef uint32_t nlen = PyBytes_GET_SIZE(node)
     cdef tapio_ref cid, cname
@@ -116,8 +123,9 @@ def copy_rows(DecodedBatch batch not None, str collector_id not None, int64_t re
     out = PyBytes_FromStringAndSize(NULL, size)
     cdef uint8_t *start = <uint8_t *>PyBytes_AS_STRING(out)
     cdef uint8_t *p = start
-    memcpy(p, PyBytes_AS_STRING(HEADER), len(HEADER))
-    p += len(HEADER)
+    if framed:
+        memcpy(p, PyBytes_AS_STRING(HEADER), len(HEADER))
+        p += len(HEADER)
     for i in range(b.count):
         rec = &b.records[i]
         if merged is not None:
@@ -142,8 +150,9 @@ def copy_rows(DecodedBatch batch not None, str collector_id not None, int64_t re
         p = text_field(p, <const uint8_t *>ref_ptr(b, cname), cname.len)
         p = int64_field(p, received_ns)
         p = raw_field(p, wire_ptr, wire_len)
-    memcpy(p, PyBytes_AS_STRING(TRAILER), len(TRAILER))
-    p += len(TRAILER)
+    if framed:
+        memcpy(p, PyBytes_AS_STRING(TRAILER), len(TRAILER))
+        p += len(TRAILER)
     if <size_t>(p - start) != size:
         raise AssertionError(f"copy_rows wrote {p - start} bytes of {size}")
     return out

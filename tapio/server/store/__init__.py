@@ -92,6 +92,13 @@ class Store:
             return 0
         return self.history.record_events(batch, collector_id)
 
+    def record_many(self, batches):
+        """record_events for several [(batch, collector id)] in one transaction (one commit):
+        for a consumer that has several batches at hand. Returns the events inserted."""
+        if self.history is None:
+            return 0
+        return self.history.record_many(batches)
+
     def record_batch(self, batch, state=None):
         """record_events as an ingest consumer: the collector id is the stream's."""
         collector = getattr(state, "collector_id", None) or batch.collector_id or "unknown"

@@ -31,7 +31,7 @@ import urllib.parse
 
 import psycopg
 
-from tapio._fast.history import HISTORY_COLUMNS, copy_rows
+from tapio._fast.history import COPY_HEADER, COPY_TRAILER, HISTORY_COLUMNS, copy_rows
 from tapio.server.store import StoreUnavailable
 
 log = logging.getLogger("tapio.server.store")
@@ -79,8 +79,10 @@ _STAGE = (f"CREATE TEMP TABLE tapio_events_in ON COMMIT DELETE ROWS AS SELECT {_
           f"FROM tapio_events WITH NO DATA")
 _COPY_NEW = f"COPY tapio_events ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _COPY_IN = f"COPY tapio_events_in ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+# in the order of the COPY (seq is the order of arrival): the staging table is emptied at every
+# commit and only appended to, so its physical order (ctid) is that order
 _INSERT_NEW = (f"INSERT INTO tapio_events ({_COLUMNS}) SELECT {_COLUMNS} FROM tapio_events_in "
-               f"ORDER BY idx ON CONFLICT (collector_id, batch_id, idx) DO NOTHING")
+               f"ORDER BY ctid ON CONFLICT (collector_id, batch_id, idx) DO NOTHING")
 
 _UPSERT_GROUP = (
     "INSERT INTO tapio_groups (id, kind, status, severity, start_ns, end_ns, collector_id, body,"
@@ -388,10 +390,21 @@ class PostgresStore:
     def record_events(self, batch, collector_id):
         """Store every event of a decoded batch, once: a batch stored again adds nothing.
         Blocks (with backoff) while the database is away. Returns the events inserted."""
-        if not len(batch):
+        return self.record_many([(batch, collector_id)])
+
+    def record_many(self, batches):
+        """record_events for several (batch, collector id) in one transaction: one commit (one
+        flush of the WAL) for all of them, for a consumer that has several at hand."""
+        batches = [(b, c) for b, c in batches if len(b)]
+        if not batches:
             return 0
         now = self._clock()
-        data = copy_rows(batch, collector_id, now)
+        if len(batches) == 1:
+            data = copy_rows(batches[0][0], batches[0][1], now)
+        else:
+            data = b"".join([COPY_HEADER, *(copy_rows(b, c, now, False) for b, c in batches),
+                             COPY_TRAILER])
+        events = sum(len(b) for b, _ in batches)
 
         def work(conn):
             try:
@@ -400,7 +413,7 @@ class PostgresStore:
                     with conn.cursor() as cur:
                         with cur.copy(_COPY_NEW) as copy:
                             copy.write(data)
-                inserted = len(batch)
+                inserted = events
             except psycopg.errors.UniqueViolation:
                 # some of it is there already (a re-send, a replay): only what is new
                 with conn.transaction():
@@ -412,7 +425,7 @@ class PostgresStore:
             return inserted
         inserted = self._write("the event history", work, block=True)
         self.events_written += inserted
-        self.events_replayed += len(batch) - inserted
+        self.events_replayed += events - inserted
         if time.monotonic() - self._history_retained_at > HISTORY_RETAIN_EVERY:
             try:
                 self._write("history retention", lambda conn: self._retain_history(conn, now),
