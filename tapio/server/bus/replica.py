@@ -124,10 +124,8 @@ class Replica:
             if batch.kind != "batch":
                 continue
             batches.append((batch, collector_id or batch.collector_id, node or batch.node_name))
-        record = getattr(self.store, "record_events", None)
-        if record is not None:
-            for batch, collector_id, _ in batches:
-                record(batch, collector_id)
+        # the whole fetched set in one transaction: one commit for up to `fetch` batches
+        self.store.record_many([(batch, collector_id) for batch, collector_id, _ in batches])
         for batch, collector_id, node in batches:
             state = self._state(collector_id, node)
             # the owner follows each collector's sequence too, in stream order: its gaps (and
