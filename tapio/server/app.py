@@ -84,9 +84,9 @@ def _http(args, ingest, service, auth, store=None, exporter=None, engine=None, l
     return http
 
 
-def _correlation(args):
+def _correlation(args, group_sinks=()):
     """The store (SQLite groups, recent events), the trace exporter, and the correlation engine
-    whose groups go to both."""
+    whose groups go to both (and to each of `group_sinks`: the bus's fan-out)."""
     config = load_config(args.correlation_config)
     store = Store(None if args.db in ("", ":memory:") else args.db, recent_events=args.recent_events,
                   recent_bytes=args.recent_events_memory,
@@ -97,6 +97,8 @@ def _correlation(args):
 
     def on_group(group, closed):
         store.put_group(group)
+        for sink in group_sinks:
+            sink(group)
         if closed:
             exporter.export(group)
             log.info("Group %s %s: %s", group["kind"], group["id"][:12], group["summary"])
@@ -110,20 +112,32 @@ def _correlation(args):
     return store, exporter, correlation
 
 
-def connect(ingest, store, correlation):
-    """Ingest feeds the store and the correlation engine, tells the engine of gaps (groups whose
-    window overlaps one are marked incomplete), and tells both which collector ids it forgot
-    (past --max-collectors)."""
+def _replica(args, ingest, store, correlation):
+    """This server as a replica on the event bus (--bus); ConfigError when the bus is unreachable."""
+    from tapio.server.bus.replica import Replica, default_replica_id, parse_bus
+    replay = max(correlation.config.crash_loop.window, correlation.config.connectivity.window)
+    return Replica(parse_bus(args.bus), args.replica_id or default_replica_id(), ingest, store,
+                   correlation, replay=replay)
+
+
+def connect(ingest, store, correlation, replica=None):
+    """Ingest feeds the store and, without a bus, the correlation engine: tells the engine of gaps
+    (groups whose window overlaps one are marked incomplete), and tells both which collector ids
+    it forgot (past --max-collectors). With a bus the owner of a node's partition records the
+    history and correlates (tapio/server/bus/owner.py): its engine's collectors are not this
+    replica's connections, so ingest's forgetting is not theirs."""
     if store.history is not None:
-        # PostgreSQL: each batch is in the history before it is acked (record_batch waits for
-        # the database: meanwhile the ingest queue fills and collectors are PAUSEd)
-        ingest.consumers.append(store.record_batch)
         log.info("Groups and event history in PostgreSQL at %s", store.db_path)
+        if replica is None:
+            # each batch is in the history before it is acked (record_batch waits for the
+            # database: meanwhile the ingest queue fills and collectors are PAUSEd)
+            ingest.consumers.append(store.record_batch)
     ingest.consumers.append(store.add_batch)
-    ingest.consumers.append(correlation.consume)
-    ingest.gap_listeners.append(correlation.mark_gap)
     ingest.forget_listeners.append(store.forget_collectors)
-    ingest.forget_listeners.append(correlation.forget)
+    if replica is None:
+        ingest.consumers.append(correlation.consume)
+        ingest.gap_listeners.append(correlation.mark_gap)
+        ingest.forget_listeners.append(correlation.forget)
 
 
 async def _main(args):
@@ -134,8 +148,14 @@ async def _main(args):
                     max_collectors=getattr(args, "max_collectors", 10000))
     service = TapioService(ingest, authorize=auth, hello_timeout=getattr(args, "hello_timeout", 10.0),
                            idle_timeout=getattr(args, "stream_idle_timeout", 900.0))
-    store, exporter, correlation = _correlation(args)
-    connect(ingest, store, correlation)
+    group_sinks = []
+    store, exporter, correlation = _correlation(args, group_sinks)
+    replica = None
+    if getattr(args, "bus", None):
+        # the relay publishes batches; correlation runs where a node's partition is owned
+        replica = _replica(args, ingest, store, correlation)
+        group_sinks.append(replica.on_group)
+    connect(ingest, store, correlation, replica)
     query = QueryService(store, authorize=auth)
     server = GrpcServer(service, args.host, args.grpc_port, args.max_message_size,
                         args.max_streams, args.enable_reflection, credentials,
@@ -168,12 +188,18 @@ async def _main(args):
         service.draining.set()
         server.set_serving(False)
         await trio.to_thread.run_sync(ingest.wait_idle, args.shutdown_grace)
+        if replica is not None:
+            # the acks of what JetStream is still taking go out before the streams end
+            await trio.to_thread.run_sync(replica.relay.wait_idle, args.shutdown_grace)
         service.end_all_streams("server shutting down: reconnect")
         query.close()
         await trio.to_thread.run_sync(server.stop, args.shutdown_grace)
         ingest.close()
-        # close the groups still open (their last version is stored and exported)
-        await trio.to_thread.run_sync(correlation.close)
+        if replica is not None:
+            await trio.to_thread.run_sync(replica.close, args.shutdown_grace)
+        # close the groups still open (their last version is stored and exported); a replica
+        # leaves them open: the replica that takes its partitions over goes on with them
+        await trio.to_thread.run_sync(correlation.close, replica is None)
         await trio.to_thread.run_sync(exporter.shutdown, args.shutdown_grace)
         if http is not None:
             http.stop()

@@ -74,6 +74,12 @@ examples:
            help="SQLite file that keeps semantic groups across restarts (:memory:: kept in memory "
                 "only), or postgresql://USER[:PASSWORD]@HOST:PORT/DB: groups and the event history "
                 "in PostgreSQL, shared by replicas (docs/scaling.md)")
+    p.flag("--bus", metavar="URLS",
+           help="run as one of several replicas on a NATS JetStream cluster (nats://HOST:PORT,...): "
+                "batches go through its stream, correlation runs where a node's partition is "
+                "owned; needs a postgresql:// --db (docs/scaling.md)")
+    p.flag("--replica-id", metavar="NAME",
+           help="this replica's name on the bus (default: HOSTNAME-PID)")
     p.flag("--db-retention", type=parse_duration, default="168h", metavar="DURATION",
            help="groups that ended longer ago than this are removed")
     p.flag("--db-max-groups", type=positive(int), default=100000, metavar="N",
@@ -142,6 +148,15 @@ def main(argv=None):
         parser.error("--max-streams-per-token must be 0 (automatic) or more")
     if args.bind_collector_cert and not args.tls_client_ca:
         parser.error("--bind-collector-cert needs mutual TLS (--tls-client-ca)")
+    if args.bus:
+        from tapio.server.bus.replica import parse_bus
+        try:
+            parse_bus(args.bus)
+        except ValueError as e:
+            parser.error(str(e))
+        if not str(args.db).startswith(("postgresql://", "postgres://")):
+            parser.error("--bus needs a shared database: --db postgresql://USER@HOST:PORT/DB "
+                         "(replicas cannot share an SQLite file)")
     exposed = unauthenticated_exposure(args)
     if exposed:
         print(f"tapio-server: refusing to serve {' and '.join(exposed)} without authentication: "

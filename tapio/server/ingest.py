@@ -10,6 +10,11 @@ sending for longer than `pause_grace` after its PAUSE is ended with RESOURCE_EXH
 it cannot keep the queue full and starve the streams that paused (its collector reconnects, and
 its unacked batches come again); until then it is held back by the full queue.
 
+With a bus (`--bus`, tapio/server/bus/relay.py) the engine thread hands each batch to the relay
+instead, which publishes it to NATS JetStream and calls back `published` once JetStream has it:
+only then is the batch counted, kept and acked. While the bus is unavailable the relay holds
+ingest (`hold`): every stream is PAUSEd, and RESUMEd when the bus takes batches again (`release`).
+
 Each collector's event sequence is followed (tapio/server/sequence.py): a gap in it, or events
 the kernel dropped, is handed to the gap listeners (the correlation engine's mark_gap) before
 the batch that reveals it goes to the consumers.
@@ -210,6 +215,8 @@ class Ingest:
         self._high = max(1, queue_batches * 3 // 4)
         self._low = queue_batches // 4
         self._paused = set()
+        self.relay = None                       # tapio.server.bus.relay.BusRelay, with --bus
+        self.held = None                        # why every stream is paused (the bus is down)
         self._events_out = None
         if events_out:
             self._recover_seen(events_out)
@@ -301,9 +308,10 @@ class Ingest:
                         self.max_collectors, ids[0][:80], self.FORGET_LOG_QUIET_S)
         self._forgot_at = now
 
-    def submit(self, session, batch):
+    def submit(self, session, batch, raw=None):
         """Queue a decoded batch (blocks while the queue is full); its ack follows on
-        session.out. False, and the stream told to end, when its id is far ahead of the clock."""
+        session.out. False, and the stream told to end, when its id is far ahead of the clock.
+        `raw`: the request bytes it was decoded from (what a bus relay publishes)."""
         limit = time.time_ns() // 1000 + MAX_ID_SKEW_US
         if batch.batch_id > limit:
             with self._lock:
@@ -323,19 +331,19 @@ class Ingest:
             session.out.put((grpc.StatusCode.RESOURCE_EXHAUSTED,
                              f"still sending {self.pause_grace:g}s after PAUSE: wait for RESUME"))
             return False
-        self._queue.put((session, batch))
-        if self._queue.qsize() >= self._high and not session.paused:
+        self._queue.put((session, batch, raw))
+        if (self.held or self._queue.qsize() >= self._high) and not session.paused:
             with self._lock:
                 session.paused_at = time.monotonic()
                 session.paused = True
                 self._paused.add(session)
                 self.pauses += 1
-            session.out.put(control_bytes(_Control.ACTION_PAUSE, "server ingest queue is full"))
+            session.out.put(control_bytes(_Control.ACTION_PAUSE, self.held or "server ingest queue is full"))
         return True
 
     def finish(self, session):
         """The stream's requests ended: END follows its last ack, in order."""
-        self._queue.put((session, None))
+        self._queue.put((session, None, None))
 
     def decode_failed(self):
         with self._lock:
@@ -356,41 +364,75 @@ class Ingest:
     # -- the engine thread ---------------------------------------------------------------------
     def _engine(self):
         while True:
-            session, batch = self._queue.get()
+            session, batch, raw = self._queue.get()
             try:
                 if session is None:
                     return
                 if batch is None:
-                    session.out.put(StreamSession.END)
+                    if self.relay is not None:
+                        self.relay.end(session)
+                    else:
+                        session.out.put(StreamSession.END)
                     continue
                 if self.batch_delay:
                     time.sleep(self.batch_delay)
-                state = session.collector
-                with self._forget_lock:
-                    if state.forgotten:
-                        # queued by a stream gone since: not acked, its collector sends it again
-                        continue
-                    gaps = self._accept(state, batch)
-                    if gaps is not None:
-                        for gap in gaps:
-                            self._on_gap(state, gap)
-                        for consume in self.consumers:
-                            try:
-                                consume(batch, state)
-                            except Exception:
-                                log.exception("consumer %r failed on a batch from %s", consume,
-                                              state.collector_id)
-                if gaps is not None:
-                    session.out.put(ack_bytes(batch.batch_id, _Ack.STATUS_OK, len(batch)))
+                if self.relay is not None:
+                    self.relay.publish(session, batch, raw)
                 else:
-                    session.out.put(ack_bytes(batch.batch_id, _Ack.STATUS_DUPLICATE, 0, "already received"))
+                    self.published(session, batch)
             finally:
                 # after whatever left the queue, a stream's end too: when the last items before
                 # the low-water mark are the ends of streams cut for flooding, the streams they
                 # paused must still hear RESUME
-                if self._paused and self._queue.qsize() <= self._low:
+                if self._paused and not self.held and self._queue.qsize() <= self._low:
                     self._resume_all()
                 self._queue.task_done()
+
+    def published(self, session, batch, duplicate=False):
+        """Process a batch and ack it (the engine thread; with a bus, the relay's acker thread
+        once JetStream has it, `duplicate` when JetStream had its id already)."""
+        state = session.collector
+        with self._forget_lock:
+            if state.forgotten:
+                # queued by a stream gone since: not acked, its collector sends it again
+                return
+            gaps = None if duplicate else self._accept(state, batch)
+            if gaps is not None:
+                for gap in gaps:
+                    self._on_gap(state, gap)
+                for consume in self.consumers:
+                    try:
+                        consume(batch, state)
+                    except Exception:
+                        log.exception("consumer %r failed on a batch from %s", consume,
+                                      state.collector_id)
+        if gaps is not None:
+            session.out.put(ack_bytes(batch.batch_id, _Ack.STATUS_OK, len(batch)))
+        else:
+            session.out.put(ack_bytes(batch.batch_id, _Ack.STATUS_DUPLICATE, 0, "already received"))
+
+    def stream_done(self, session):
+        session.out.put(StreamSession.END)
+
+    def hold(self, reason):
+        """PAUSE every stream until release(): what they would send cannot be taken now."""
+        now = time.monotonic()
+        with self._lock:
+            self.held = reason
+            sessions = [c.session for c in self.collectors.values()
+                        if c.session is not None and not c.session.paused]
+            for session in sessions:
+                session.paused = True
+                session.paused_at = now
+                self._paused.add(session)
+                self.pauses += 1
+        for session in sessions:
+            session.out.put(control_bytes(_Control.ACTION_PAUSE, reason))
+
+    def release(self):
+        with self._lock:
+            self.held = None
+        self._resume_all()
 
     def _accept(self, state, batch):
         """None for a duplicate; else the gaps the batch reveals (usually none)."""
@@ -452,7 +494,7 @@ class Ingest:
 
     def close(self):
         """Stop the engine after what is queued, and close the archive."""
-        self._queue.put((None, None))
+        self._queue.put((None, None, None))
         self._thread.join(10)
         if self._events_out is not None:
             self._events_out.close()
