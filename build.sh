@@ -24,7 +24,9 @@ BPF_OBJ=tapio/_fast/tapio.bpf.o
 APT_BUILD=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config gcc make)
 # prometheus and chromium: a real Prometheus scrapes /metrics, a headless browser loads the dashboard
 # bpftrace: the reference the overhead benchmark compares against
-APT_TEST=(stress-ng iproute2 prometheus chromium bpftrace)
+# postgresql and nats-server: the scale-out tests start their own instances (tests/postgres.py,
+# tests/nats_cluster.py) on free loopback ports
+APT_TEST=(stress-ng iproute2 prometheus chromium bpftrace postgresql nats-server)
 # real containers: podman (with runc) runs them, mmdebstrap makes their base image with no image
 # registry, kubectl checks the Kubernetes manifests
 APT_CONTAINERS=(podman runc mmdebstrap)
@@ -54,13 +56,25 @@ apt_install() {
     INSTALLED+=("${missing[@]}")
 }
 
-# Debian's prometheus package starts a service on :9090, tapio-server's gRPC port: the tests
-# run their own Prometheus, so a service this script brought in is stopped again.
-stop_prometheus_service() {
-    [[ " ${INSTALLED[*]} " == *" prometheus "* ]] || return 0
-    command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null || return 0
-    log "stopping the prometheus service Debian started (it takes port 9090)"
-    systemctl disable --now prometheus >/dev/null 2>&1 || true
+# Debian's prometheus package starts a service on :9090, tapio-server's gRPC port, postgresql
+# one on :5432 and nats-server one on :4222: the tests run their own instances, so a service this
+# script brought in is stopped again (and not started at boot).
+stop_installed_services() {
+    local package
+    for package in prometheus postgresql nats-server; do
+        [[ " ${INSTALLED[*]} " == *" $package "* ]] || continue
+        command -v systemctl >/dev/null && systemctl is-active --quiet "$package" 2>/dev/null || continue
+        log "stopping the $package service Debian started (the tests run their own)"
+        systemctl disable --now "$package" >/dev/null 2>&1 || true
+    done
+    # without systemd, Debian's postgresql starts its cluster through pg_ctlcluster
+    if [[ " ${INSTALLED[*]} " == *" postgresql "* ]] && command -v pg_lsclusters >/dev/null; then
+        pg_lsclusters --no-header 2>/dev/null | while read -r version cluster _ status _; do
+            [ "$status" = online ] || continue
+            log "stopping the PostgreSQL cluster $version/$cluster Debian started"
+            pg_ctlcluster "$version" "$cluster" stop >/dev/null 2>&1 || true
+        done || true
+    fi
 }
 
 python_headers() {
@@ -163,7 +177,7 @@ cmd_test() {
     cmd_build
     apt_install "${APT_TEST[@]}"
     container_deps
-    stop_prometheus_service
+    stop_installed_services
     interop_deps
     "$VENV/bin/pytest" -q "$@"
 }
@@ -173,7 +187,7 @@ cmd_bench() {
     apt_install "${APT_TEST[@]}"
     mkdir -p benchmarks/results
     local names=("$@")
-    [ ${#names[@]} -eq 0 ] && names=(codec ringbuf e2e correlate precision overhead)
+    [ ${#names[@]} -eq 0 ] && names=(codec ringbuf e2e correlate precision overhead history scale)
     for b in "${names[@]}"; do
         [ -f "benchmarks/$b.py" ] || die "no benchmark named $b (benchmarks/*.py)"
         "$PY" "benchmarks/$b.py" --json "benchmarks/results/$b.json"

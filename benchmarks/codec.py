@@ -18,6 +18,11 @@ several runs of:
 and what redaction of secrets in argv costs where it runs, as records enter the arena (ring
 buffer -> arena, the raw mix), off against on, over the mix's commands (no secrets: every
 argument is scanned, nothing replaced) and over the same commands with a secret each.
+
+and what the per-cgroup budget (--cgroup-budget) costs where it runs, as records enter the arena:
+the raw mix restamped as a node's stream (100 k events/s over 200 cgroups), off against on with
+a budget nobody reaches, and on with one every cgroup exceeds; both as records entering the arena
+alone and as the whole per-round C path (arena, semantic processor, encoder).
 """
 import argparse
 import random
@@ -32,6 +37,8 @@ from tapio._fast import codec
 from tapio._fast.arena import EventArena
 from tapio._fast.codec import BatchEncoder, DecodedBatch, encode_field
 from tapio._fast.redaction import Redactor
+from tapio._fast.throttling import Throttle
+from tapio.collector.processor import DualPathProcessor, ProcessorConfig
 from tapio.v1 import events_pb2, stream_pb2
 
 BATCH = 512
@@ -324,6 +331,54 @@ def measure_redaction(batches, seconds):
     return results
 
 
+def restamped(batches, cgroups=200, rate=100_000):
+    """The records as a node's stream: stamps `1/rate` apart, cgroup ids from a fixed set."""
+    rnd = random.Random(7)
+    out, ts = [], 10**12
+    for raws, _ in batches:
+        batch = []
+        for raw in raws:
+            ts += 10**9 // rate
+            batch.append(struct.pack("<QQ", ts, 5000 + rnd.randrange(cgroups)) + raw[16:])
+        out.append(batch)
+    return out
+
+
+def measure_throttle(batches, seconds):
+    stream = restamped(batches)
+    n = sum(map(len, stream))
+    budgets = (("off", None), ("on, never reached", (1_000_000, 1_000_000)),
+               ("on, every cgroup over", (10, 10)))
+    results = []
+    for stage in ("ring buffer -> arena", "ring buffer -> arena -> processor -> encode"):
+        for state, budget in budgets:
+            arena = EventArena(BATCH)
+            encoder = BatchEncoder("bench", "node-a", B2W)
+            processor = DualPathProcessor(ProcessorConfig())
+            whole = stage.endswith("encode")
+
+            def fill_all():
+                # a fresh table each run: the same verdicts every time
+                if budget is not None:
+                    Throttle(budget[0], 10**9, budget[1]).attach(arena)
+                start = time.perf_counter()
+                for raws in stream:
+                    arena.clear()
+                    for raw in raws:
+                        arena.push_bytes(raw)
+                    if whole:
+                        for plan in processor.plans(arena):
+                            encoder.encode(arena, 1, 1, path=plan.path, order=plan.order)
+                return time.perf_counter() - start
+            rate, runs = best_rate(fill_all, n, seconds)
+            results.append({"operation": stage, "budget": state, "events_per_s": round(rate),
+                            "runs": runs})
+    for r in results:
+        off = next(x for x in results if x["operation"] == r["operation"] and x["budget"] == "off")
+        r["ns_per_event"] = round((1 / r["events_per_s"] - 1 / off["events_per_s"]) * 1e9, 1)
+    return results
+
+
 def run(n, seconds):
     measurements, wire_bytes, ratios = [], {}, {}
     for mix, enriched in (("raw", 0.0), ("semantic", 0.5)):
@@ -335,6 +390,7 @@ def run(n, seconds):
                 ratios[f"{r['operation']}/{mix}"] = r["vs_library"]
         if mix == "raw":
             redaction = measure_redaction(batches, seconds)
+            throttle = measure_throttle(batches, seconds)
     return {
         "benchmark": "codec",
         "events": n, "batch_size": BATCH, "mix_percent": {TYPE_NAMES[t]: p for t, p in MIX},
@@ -346,6 +402,7 @@ def run(n, seconds):
         "measurements": measurements,
         "ratios_vs_library": ratios,
         "redaction": redaction,
+        "cgroup_budget": throttle,
     }
 
 
@@ -368,6 +425,9 @@ def main():
     print_table(["operation", "argv", "redaction", "events/s", "ns per exec event"],
                 [(r["operation"], r["argv"], r["redaction"], f"{r['events_per_s']:,}",
                   r["ns_per_exec_event"]) for r in report["redaction"]])
+    print_table(["operation", "cgroup budget", "events/s", "ns per event vs off"],
+                [(r["operation"], r["budget"], f"{r['events_per_s']:,}", r["ns_per_event"])
+                 for r in report["cgroup_budget"]])
     if args.json:
         write_json(args.json, report)
 

@@ -27,7 +27,8 @@ enum tapio_event_type {
 	TAPIO_EVENT_TCP_CLOSE = 5,
 	TAPIO_EVENT_OOM_KILL = 6,
 	TAPIO_EVENT_SIGNAL = 7,
-	TAPIO_EVENT_TYPE_COUNT = 8, /* one past the last type: sizes the drop counters */
+	TAPIO_EVENT_THROTTLED = 8,  /* made by the collector, never by a BPF program */
+	TAPIO_EVENT_TYPE_COUNT = 9, /* one past the last type: sizes the drop counters */
 };
 
 /* Common header of every event. */
@@ -114,6 +115,23 @@ struct tapio_signal {
 	char sender_comm[TAPIO_COMM_LEN];
 };
 
+/* What the collector's per-cgroup budget (--cgroup-budget) suppressed of one cgroup: one such
+ * event per cgroup and interval in which it suppressed anything. The header's cgroup id is the
+ * throttled cgroup's; pid, tid, ppid, uid, gid and comm are the last suppressed event's; the
+ * timestamp is the end of the summary's interval. Made in userspace (tapio/_fast/throttle.pxd). */
+struct tapio_throttled {
+	struct tapio_header hdr;
+	__u64 first_ns;       /* CLOCK_BOOTTIME of the first and the last suppressed event */
+	__u64 last_ns;
+	__u64 exec;           /* suppressed events, by type */
+	__u64 tcp_connect;
+	__u64 tcp_accept;
+	__u64 tcp_close;
+	__u64 interval_ns;    /* the budget: `budget` events per interval_ns, bursts up to `burst` */
+	__u32 budget;
+	__u32 burst;
+};
+
 /* Any event; its size is the size of one arena slot in userspace. */
 union tapio_event {
 	struct tapio_header hdr;
@@ -122,6 +140,7 @@ union tapio_event {
 	struct tapio_tcp tcp;
 	struct tapio_oom oom;
 	struct tapio_signal signal;
+	struct tapio_throttled throttled;
 };
 
 /*

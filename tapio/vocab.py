@@ -41,6 +41,10 @@ IP_FAMILIES = _enum_names(events_pb2.IpFamily, "IP_FAMILY_")         # 4: "ipv4"
 CONNECT_RESULTS = _enum_names(events_pb2.ConnectResult, "CONNECT_RESULT_")  # 0: "ok", ...
 
 
+# Types the collector makes itself (the kernel never sends them, --events does not take them):
+# `throttled` says what the per-cgroup budget held back.
+COLLECTOR_EVENT_TYPES = ("throttled",)
+
 # Other spellings users type for an event type; the public one is the wire's ("oom_kill").
 EVENT_TYPE_ALIASES = {"oom": "oom_kill"}
 EVENT_TYPE_NUMBERS = {name: number for number, name in EVENT_TYPES.items() if number}

@@ -95,9 +95,9 @@ def test_sequence_range_and_ledger():
     decoded = DecodedBatch.parse(request_bytes(batch=batch))
     assert (decoded.first_seq, decoded.last_seq) == (5, 14)
     assert decoded.ledger == {"seen": 10, "filtered": 2, "collapsed": 3, "dropped_kernel": 1,
-                              "dropped_processor": 0, "dropped_buffer": 4}
+                              "dropped_processor": 0, "dropped_buffer": 4, "throttled": 0}
     empty = DecodedBatch.parse(request_bytes(batch=stream_pb2.EventBatch(ledger=stream_pb2.Ledger())))
-    assert empty.ledger == dict.fromkeys(empty.ledger, 0) and len(empty.ledger) == 6
+    assert empty.ledger == dict.fromkeys(empty.ledger, 0) and len(empty.ledger) == 7
     # two ledger occurrences merge, as protobuf merges them: the last value of each field wins
     second = stream_pb2.EventBatch(ledger=stream_pb2.Ledger(seen=11))
     merged = DecodedBatch.parse(request_bytes(batch=batch) + request_bytes(batch=second))

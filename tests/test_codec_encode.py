@@ -214,7 +214,7 @@ def test_bad_arguments():
         codec._annotate_slot(a, 0, 1, b"\x62\x05abc")
     with pytest.raises(ValueError, match="totals"):
         codec._annotate_slot(a, 0, 2)
-    with pytest.raises(ValueError, match="six counts"):
+    with pytest.raises(ValueError, match="seven counts"):
         enc.encode(a, 1, 1, ledger=(1, 2, 3))
 
 

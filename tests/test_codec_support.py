@@ -18,9 +18,9 @@ from tapio.v1 import events_pb2, stream_pb2
 
 U8, U16, U32, U64, S32 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32
 
-EXEC, EXIT, TCP_CONNECT, TCP_ACCEPT, TCP_CLOSE, OOM_KILL, SIGNAL = range(1, 8)
+EXEC, EXIT, TCP_CONNECT, TCP_ACCEPT, TCP_CLOSE, OOM_KILL, SIGNAL, THROTTLED = range(1, 9)
 TYPE_NAMES = {0: "unspecified", 1: "exec", 2: "exit", 3: "tcp_connect", 4: "tcp_accept",
-              5: "tcp_close", 6: "oom_kill", 7: "signal"}
+              5: "tcp_close", 6: "oom_kill", 7: "signal", 8: "throttled"}
 DETAILS_FIELD = {t: name for t, name in TYPE_NAMES.items() if t}  # the oneof member of each type
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 U64_MAX = 2**64 - 1
@@ -60,8 +60,15 @@ class Signal(ctypes.Structure):
                 ("_pad", U32), ("sender_comm", U8 * 16)]
 
 
+class Throttled(ctypes.Structure):
+    _fields_ = [("hdr", Header), ("first_ns", U64), ("last_ns", U64), ("exec", U64),
+                ("tcp_connect", U64), ("tcp_accept", U64), ("tcp_close", U64),
+                ("interval_ns", U64), ("budget", U32), ("burst", U32)]
+
+
 STRUCTS = {EXEC: Exec, EXIT: Exit, TCP_CONNECT: Tcp, TCP_ACCEPT: Tcp, TCP_CLOSE: Tcp,
-           OOM_KILL: Oom, SIGNAL: Signal}
+           OOM_KILL: Oom, SIGNAL: Signal, THROTTLED: Throttled}
+THROTTLED_COUNTS = ("exec", "tcp_connect", "tcp_accept", "tcp_close")
 BYTE_ARRAYS = {"comm", "filename", "args", "saddr", "daddr", "trigger_comm", "memcg_name",
                "sender_comm"}
 
@@ -193,6 +200,12 @@ def expected_event(fields, seq, boot_to_wall, repeat=1, context=None, process=No
         d.memcg_usage_bytes = to_bytes(g("memcg_usage_pages"))
         d.total_vm_bytes = to_bytes(g("total_vm_pages"))
         d.rss_bytes = to_bytes(g("rss_pages"))
+    elif t == THROTTLED:
+        d.first_timestamp_ns = (g("first_ns") + boot_to_wall) % 2**64
+        d.last_timestamp_ns = (g("last_ns") + boot_to_wall) % 2**64
+        for name in THROTTLED_COUNTS:
+            setattr(d, name, g(name))
+        d.budget, d.burst, d.interval_ns = g("budget"), g("burst"), g("interval_ns")
     else:
         d.signal, d.code, d.sender_pid = g("signal"), g("code"), g("sender_pid")
         d.sender_comm = scrub(cstr(g("sender_comm", b"")))
@@ -260,7 +273,7 @@ def expected_dict(e, node="", collector="", batch_id=0):
             v = {"exit_code": d.exit_code, "signal": d.signal, "signal_name": _signal_name(d.signal),
                  "core_dumped": d.core_dumped, "start_time_ns": d.start_time_ns,
                  "duration_ns": d.duration_ns}
-        elif which == "oom_kill":
+        elif which in ("oom_kill", "throttled"):
             v = {f.name: getattr(d, f.name) for f in d.DESCRIPTOR.fields}
         elif which == "signal":
             v = {"signal": d.signal, "signal_name": _signal_name(d.signal), "code": d.code,
@@ -340,6 +353,9 @@ def kernel_events(draw, types=tuple(DETAILS_FIELD)):
         f.update(trigger_pid=draw(u32), trigger_comm=draw(kernel_bytes(16)), memcg_id=draw(u64),
                  memcg_name=draw(kernel_bytes(64)), memcg_limit_pages=draw(u64),
                  memcg_usage_pages=draw(u64), total_vm_pages=draw(u64), rss_pages=draw(u64))
+    elif t == THROTTLED:
+        f.update(first_ns=draw(u64), last_ns=draw(u64), interval_ns=draw(u64), budget=draw(u32),
+                 burst=draw(u32), **{name: draw(u64) for name in THROTTLED_COUNTS})
     else:
         f.update(signal=draw(st.one_of(st.integers(0, 70), u32)), code=draw(s32),
                  sender_pid=draw(u32), sender_comm=draw(kernel_bytes(16)))
@@ -387,7 +403,7 @@ def collapsed_messages(draw):
     return events_pb2.Collapsed(**dict(zip(COLLAPSED_FIELDS, values)))
 
 
-ledgers = st.tuples(*[u64] * 6)
+ledgers = st.tuples(*[u64] * 7)
 
 
 @st.composite
@@ -426,6 +442,11 @@ def library_events(draw):
     elif which == "signal":
         d.signal, d.code, d.sender_pid, d.sender_comm = (
             draw(st.integers(0, 70)), draw(s32), draw(u32), draw(text))
+    elif which == "throttled":
+        d.first_timestamp_ns, d.last_timestamp_ns, d.interval_ns = draw(u64), draw(u64), draw(u64)
+        d.budget, d.burst = draw(u32), draw(u32)
+        for name in THROTTLED_COUNTS:
+            setattr(d, name, draw(u64))
     else:
         d.family = draw(st.sampled_from([0, 4, 6, 5]))
         d.saddr = draw(addresses)
@@ -601,7 +622,7 @@ def sample_requests(seed=1, count=20):
 def _sample_batch(rnd, i):
     events = []
     for k in range(rnd.randint(1, 5)):
-        t = rnd.randint(1, 7)
+        t = rnd.randint(1, 8)
         e = events_pb2.Event(id=f"ebpf-{k}", type=t, timestamp_ns=rnd.getrandbits(64),
                              pid=rnd.getrandbits(20), comm="proc", count=rnd.choice([0, 3]))
         if rnd.random() < 0.5:
@@ -620,6 +641,8 @@ def _sample_batch(rnd, i):
             d.family, d.saddr, d.daddr, d.dport = 4, b"\x7f\0\0\1", b"\x0a\0\0\2", 443
         elif t == OOM_KILL:
             d.memcg_name, d.rss_bytes = "pod", 1 << 30
+        elif t == THROTTLED:
+            d.exec, d.budget, d.interval_ns = 5000, 100, 10**9
         else:
             d.signal = 11
         events.append(e)
@@ -636,7 +659,8 @@ def _sample_batch(rnd, i):
 def test_struct_mirrors_match_the_compiled_layout():
     sizes = codec.struct_sizes()
     for name, mirror in [("tapio_header", Header), ("tapio_exec", Exec), ("tapio_exit", Exit),
-                         ("tapio_tcp", Tcp), ("tapio_oom", Oom), ("tapio_signal", Signal)]:
+                         ("tapio_tcp", Tcp), ("tapio_oom", Oom), ("tapio_signal", Signal),
+                         ("tapio_throttled", Throttled)]:
         assert ctypes.sizeof(mirror) == sizes[name], name
     assert sizes["tapio_event"] == arena_mod.SLOT_SIZE == max(map(ctypes.sizeof, STRUCTS.values()))
 

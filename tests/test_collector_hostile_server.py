@@ -97,7 +97,7 @@ def test_pause_longer_than_pause_timeout_fails_over(ebpf, tmp_path, exec_now):
     with FakeServer(lambda _stream: pause) as pausing:
         server = ServerProcess(tmp_path).wait_listening()
         collector = StreamingCollector(tmp_path, f"{pausing.address},{server.address}",
-                                       flags=["--pause-timeout", "2s"])
+                                       flags=["--pause-timeout", "2s", "--server-order", "listed"])
         try:
             collector.wait_log("eBPF probes attached")
             wait_until(lambda: pausing.requests >= 1, timeout=20, what="the hello at the pausing server")

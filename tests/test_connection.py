@@ -8,7 +8,7 @@ import trio
 import trio.testing
 
 from tapio.collector.backoff import Backoff
-from tapio.collector.connection import BACKING_OFF, STREAMING, ConnectionManager
+from tapio.collector.connection import BACKING_OFF, HEARTBEAT, STREAMING, ConnectionManager
 from tapio.collector.delivery import DeliveryBuffer
 from tapio.collector.grpc_transport import ConnectError, StreamEnded
 from tapio.v1 import stream_pb2
@@ -294,3 +294,34 @@ def test_priority_batches_are_sent_first_and_dropped_last():
     buf.add(6, b"xxxx", 1)                   # a routine batch does not push out priority ones
     assert [p.batch_id for p in buf.items()] == [2, 4, 5]
     assert buf.dropped_events == 3
+
+
+async def test_a_quiet_stream_sends_heartbeats_and_a_busy_one_none(autojump_clock):
+    """The server ends streams silent for its --stream-idle-timeout: with nothing to send, a
+    HEARTBEAT goes out every heartbeat_interval; batches in between put it off."""
+    transport = FakeTransport(up={"a:1"})
+    m = manager(transport, heartbeat_interval=60.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(m.run)
+        await trio.sleep(1)
+        (stream,) = transport.streams
+        await trio.sleep(180)                           # quiet: 3 heartbeats, at 60, 120, 180
+        assert stream.sent == [b"hello"] + [HEARTBEAT] * 3 and m.stats.heartbeats == 3
+        for i in range(6):                              # a batch every 30 s: no heartbeat
+            await m.submit(i + 1, b"batch", 1)
+            await settle()
+            stream.respond(ack(i + 1))
+            await trio.sleep(30)
+        assert stream.sent[4:] == [b"batch"] * 6 and m.stats.heartbeats == 3
+        assert len(transport.streams) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_heartbeats_when_switched_off(autojump_clock):
+    transport = FakeTransport(up={"a:1"})
+    m = manager(transport, heartbeat_interval=0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(m.run)
+        await trio.sleep(600)
+        assert transport.streams[0].sent == [b"hello"] and m.stats.heartbeats == 0
+        nursery.cancel_scope.cancel()

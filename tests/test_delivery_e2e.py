@@ -63,7 +63,8 @@ def test_failover_to_the_second_server_and_nothing_lost(tmp_path):
     first = ServerProcess(tmp_path, name="first").wait_listening()
     second = ServerProcess(tmp_path, name="second").wait_listening()
     total = 12_000
-    col = collector(tmp_path, f"{first.address},{second.address}", "--rate", "3000", "--count", str(total))
+    col = collector(tmp_path, f"{first.address},{second.address}", "--server-order", "listed",
+                    "--rate", "3000", "--count", str(total))
     try:
         wait_until(lambda: received(first) >= 2000, 20, what="events at the first server")
         assert received(second) == 0

@@ -10,6 +10,7 @@ the collector needs.
 only a real API server has (no copy of it ships with kubectl or the client); the schema check is
 done by tests/test_deploy_kubernetes.py against the client's models, field by field.
 """
+import base64
 import json
 import os
 import re
@@ -182,3 +183,44 @@ def test_the_daemonset_grants_what_the_readme_says_and_no_more(kubectl):
     (pcontainer,) = privileged["spec"]["template"]["spec"]["containers"]
     assert pcontainer["securityContext"]["privileged"] is True
     assert pcontainer["args"] == container["args"]
+
+
+def test_kubectl_accepts_the_secrets_and_the_workloads_mount_what_their_flags_read(kubectl, tmp_path):
+    """make-secrets.sh for real, its secrets.yaml through `kubectl apply --dry-run=client`, and
+    the rendered workloads: every --tls-*/--auth-token-file path is a key of a Secret that
+    secrets.yaml holds, mounted where the flag looks; the server's token file has the three
+    roles, the collectors' holds their token alone."""
+    made = subprocess.run([str(KUBE / "make-secrets.sh"), str(tmp_path / "s")], capture_output=True,
+                          text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    done = kubectl("apply", "--dry-run=client", "--validate=false", "-f", str(tmp_path / "s" / "secrets.yaml"),
+                   "-o", "json")
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)
+    secrets = {o["metadata"]["name"]: o for o in (listed["items"] if listed.get("kind") == "List" else [listed])}
+    assert set(secrets) == {"tapio-server-tls", "tapio-collector-tls", "tapio-server-tokens",
+                            "tapio-collector-token"}
+    assert all(o["kind"] == "Secret" and o["metadata"]["namespace"] == "tapio-system" for o in secrets.values())
+    files = {}
+    for workload in dry_run(kubectl, KUBE):
+        if workload["kind"] not in ("DaemonSet", "Deployment"):
+            continue
+        spec = workload["spec"]["template"]["spec"]
+        (c,) = spec["containers"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounted = {}
+        for mount in c["volumeMounts"]:
+            secret = volumes[mount["name"]].get("secret")
+            if secret:
+                for key, data in secrets[secret["secretName"]]["data"].items():
+                    mounted[f"{mount['mountPath']}/{key}"] = base64.b64decode(data)
+        for arg in c["args"]:
+            key, _, value = arg.partition("=")
+            if key in ("--tls-cert", "--tls-key", "--tls-ca", "--tls-client-ca", "--auth-token-file"):
+                assert value in mounted, f"{workload['metadata']['name']} {arg}: no such secret file"
+                files[workload["kind"], key] = mounted[value]
+    server_lines = [line.split() for line in files["Deployment", "--auth-token-file"].decode().splitlines()
+                    if line and not line.startswith("#")]
+    assert sorted(fields[1] for fields in server_lines) == ["admin", "collector", "reader"]
+    (collector_line,) = [fields for fields in server_lines if fields[1] == "collector"]
+    assert files["DaemonSet", "--auth-token-file"].decode().split() == [collector_line[0]]

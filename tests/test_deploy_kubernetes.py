@@ -3,8 +3,10 @@ against the models of the `kubernetes` client: no unknown field, no field of the
 required field missing, namespaced kinds in the namespace and cluster-wide kinds not), the
 containers' flags parse with our CLIs, the pieces fit together (selectors, ports, probes,
 mounts, secrets, RBAC, the network policy), and the secrets that make-secrets.sh makes work: the
-real server and collector, run with the manifests' own flags, talk over mutual TLS with the
-token.
+server's token file holds a collector, a reader and an admin token (read by tapio-server's own
+parser), the collectors get only theirs, and the real server and collector, run with the
+manifests' own flags, talk over mutual TLS with the collector token while only the reader and
+admin tokens read events back.
 """
 import base64
 import os
@@ -20,6 +22,7 @@ import yaml
 
 import tapio
 from tapio.collector.cli import build_parser as collector_parser
+from tapio.server.auth import read_tokens
 from tapio.server.cli import build_parser as server_parser
 from tests.helpers import ManagedProcess, free_port, http_get, read_json_lines, wait_until
 
@@ -347,14 +350,13 @@ def test_rbac_lets_the_collector_read_pods_and_nothing_more():
 
 # --- the secrets ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def secrets(tmp_path_factory):
-    """{secret name: {key: bytes}} made by make-secrets.sh, each document checked strictly."""
+def make_secrets(directory, *flags):
+    """Run make-secrets.sh on `directory`: {secret name: {key: bytes}} of the secrets.yaml it
+    writes, each document checked strictly."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
-    directory = tmp_path_factory.mktemp("secrets")
-    result = subprocess.run([str(KUBE / "make-secrets.sh"), str(directory)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run([str(KUBE / "make-secrets.sh"), *flags, str(directory)],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     made = {}
     for doc in yaml.safe_load_all((directory / "secrets.yaml").read_text()):
@@ -362,6 +364,17 @@ def secrets(tmp_path_factory):
             validate(doc, "secrets.yaml")
             made[doc["metadata"]["name"]] = {k: base64.b64decode(v) for k, v in doc["data"].items()}
     return made
+
+
+@pytest.fixture(scope="module")
+def secrets_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("secrets")
+
+
+@pytest.fixture(scope="module")
+def secrets(secrets_dir):
+    """{secret name: {key: bytes}} made by make-secrets.sh."""
+    return make_secrets(secrets_dir)
 
 
 def mounted_files(workload, name, secrets):
@@ -386,6 +399,67 @@ def test_every_file_flag_names_a_file_of_a_mounted_secret(secrets):
             key, _, value = arg.partition("=")
             if key.startswith(("--tls-", "--auth-token")) and key != "--tls-server-name":
                 assert value in files, f"{name} {arg}: no such file in its secret volumes"
+
+
+def token_file(workload, name, secrets):
+    """The bytes of the file the container's --auth-token-file names, from its mounted secrets."""
+    return mounted_files(workload, name, secrets)[flag(container(workload, name)["args"],
+                                                      "--auth-token-file")]
+
+
+def parsed_tokens(data, tmp_path):
+    """[(token, Principal)] of a token file, read by tapio-server's own parser."""
+    path = tmp_path / "tokens"
+    path.write_bytes(data)
+    return [(token.decode(), principal) for token, principal in read_tokens(str(path))]
+
+
+def test_the_server_gets_every_role_and_the_collectors_only_their_token(secrets, secrets_dir, tmp_path):
+    tokens = parsed_tokens(token_file(SERVER, "server", secrets), tmp_path)
+    by_role = {principal.role: (token, principal) for token, principal in tokens}
+    assert sorted(p.role for _, p in tokens) == ["admin", "collector", "reader"]
+    assert not any(p.unscoped for _, p in tokens)        # every line has its role: no warning
+    collector_token, collector = by_role["collector"]
+    reader_token, reader = by_role["reader"]
+    admin_token, _ = by_role["admin"]
+    assert len({collector_token, reader_token, admin_token}) == 3
+    assert all(len(t) == 64 for t in (collector_token, reader_token, admin_token))
+    # the collector token streams as the DaemonSet's ids (<node-name>-collector) and nothing else
+    assert collector.collectors == ("*-collector",)
+    assert collector.refusal("worker-3-collector") is None
+    assert collector.refusal("worker-3") is not None and not collector.may("read")
+    assert reader.may("read") and not reader.may("stream") and reader.namespaces == ()
+    # collectors mount their token alone: what they send is the collector token, and no file of
+    # theirs holds the reader's or the admin's
+    assert token_file(COLLECTOR, "collector", secrets).decode().split() == [collector_token]
+    collector_files = b"".join(mounted_files(COLLECTOR, "collector", secrets).values())
+    assert reader_token.encode() not in collector_files and admin_token.encode() not in collector_files
+    # the same tokens are left in the directory, for people and tools
+    for role, (token, _) in by_role.items():
+        assert (secrets_dir / f"{role}-token").read_text().strip() == token
+
+
+def test_make_secrets_keeps_tokens_scopes_ids_and_refuses_bad_globs(tmp_path):
+    first = make_secrets(tmp_path, "--collector-ids", "node-*-collector,edge-*")
+    again = make_secrets(tmp_path)
+    assert again["tapio-collector-token"] == first["tapio-collector-token"]
+    old = {t: p for t, p in parsed_tokens(first["tapio-server-tokens"]["tokens"], tmp_path)}
+    new = {t: p for t, p in parsed_tokens(again["tapio-server-tokens"]["tokens"], tmp_path)}
+    assert old.keys() == new.keys()                  # renewed certificates, the same tokens
+    (scoped,) = [p for p in old.values() if p.role == "collector"]
+    assert scoped.collectors == ("node-*-collector", "edge-*")
+    assert scoped.refusal("edge-7") is None and scoped.refusal("worker-1-collector") is not None
+    # the single token of an older make-secrets.sh stays the collectors' own
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "token").write_text("0123abcd" * 8 + "\n")
+    made = make_secrets(legacy)
+    assert made["tapio-collector-token"]["token"].decode().strip() == "0123abcd" * 8
+    for bad in ("a b", "", "x,,y", "id\nstolen admin"):
+        done = subprocess.run([str(KUBE / "make-secrets.sh"), "--collector-ids", bad, str(tmp_path / "bad")],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "--collector-ids" in done.stderr, bad
+        assert not (tmp_path / "bad").exists()
 
 
 def _in_tmp(workload, name, secrets, root):
@@ -440,6 +514,7 @@ def test_the_manifests_flags_and_secrets_connect_collector_and_server(secrets, t
         http_host="127.0.0.1", http_port=collector_http,
         enable_k8s=None,                      # no API server here
         source="synthetic", rate=200, log_format="text")
+    tokens = {p.role: t for t, p in parsed_tokens(secrets["tapio-server-tokens"]["tokens"], tmp_path)}
     bin_dir = Path(sys.executable).parent
     server = ManagedProcess([str(bin_dir / "tapio-server"), *server_args], str(tmp_path / "server.log"))
     collector = None
@@ -450,9 +525,15 @@ def test_the_manifests_flags_and_secrets_connect_collector_and_server(secrets, t
         wait_until(lambda: len(read_json_lines(events)) > 0, 20, what="events over mutual TLS with the token")
         for url in (f"http://127.0.0.1:{server_http}/readyz", f"http://127.0.0.1:{collector_http}/readyz"):
             wait_until(lambda: http_get(url)[0] == 200, 20, what=f"{url} to answer 200")
+        # the events API: the reader and admin tokens read, the collectors' token does not
+        url = f"http://127.0.0.1:{server_http}/api/v1/events?limit=1"
+        for role, status in (("reader", 200), ("admin", 200), ("collector", 403)):
+            got, _, body = http_get(url, headers={"Authorization": f"Bearer {tokens[role]}"})
+            assert got == status, (role, body)
+        assert http_get(url)[0] == 401
     finally:
         if collector is not None:
             collector.stop()
         server.stop()
-    token = secrets["tapio-auth-token"]["token"].decode().strip()
-    assert token not in server.log() + collector.log()
+    for token in tokens.values():
+        assert token not in server.log() + collector.log()

@@ -90,7 +90,7 @@ async def test_stats_and_collectors_count_what_ingest_processed(api):
     assert stats["events"]["by_type"] == batch.type_counts()
     assert stats["batches"] == {"received": 1, "duplicates": 0, "malformed": 0}
     assert stats["drops"]["kernel"] == 7 and stats["drops"]["buffer"] == 2
-    assert stats["collectors"] == {"connected": 1, "known": 1}
+    assert stats["collectors"] == {"connected": 1, "known": 1, "max": 10000, "forgotten": 0}
     assert stats["groups"] is None and stats["store"] is None      # no store in this server
 
     status, body = await api.json("/api/v1/collectors")

@@ -18,7 +18,7 @@ def batches(ranges, kernel_drops=()):
         synthetic.fill(arena, first, last - first + 1)
         seen = last
         data = encoder.encode(arena, batch_id, first, kernel_drops=dict(kernel_drops).get(batch_id, 0),
-                              ledger=(seen, 0, 0, 0, 0, 0), path=1)
+                              ledger=(seen, 0, 0, 0, 0, 0, 0), path=1)
         out.append(DecodedBatch.parse(data))
     return out
 

@@ -21,12 +21,13 @@ from tests.helpers import (BIN, ManagedProcess, ServerProcess, free_port, http_g
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FATES = ("delivered", "filtered", "collapsed", "dropped_kernel", "dropped_processor",
-         "dropped_buffer", "undelivered")
+         "dropped_buffer", "throttled", "undelivered")
 _SUMMARY = {
     "seen": r"(\d+) events seen", "dropped_kernel": r"(\d+) dropped in the kernel",
     "filtered": r"(\d+) filtered", "collapsed": r"(\d+) collapsed into repeats",
     "delivered": r"(\d+) delivered", "dropped_buffer": r"(\d+) dropped from the send buffer",
     "dropped_processor": r"(\d+) dropped by the processor",
+    "throttled": r"(\d+) held back by the cgroup budget",
     "undelivered": r"(\d+) not delivered at exit",
 }
 

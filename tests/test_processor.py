@@ -10,7 +10,7 @@ from tapio._fast.codec import BatchEncoder, DecodedBatch
 from tapio.collector.delivery import DeliveryBuffer
 from tapio.collector.processor import PATH_RAW, PATH_SEMANTIC, DualPathProcessor, ProcessorConfig
 from tapio.v1 import events_pb2
-from tests.test_codec_support import EXEC, EXIT, OOM_KILL, SIGNAL, TCP_CONNECT, arena_of
+from tests.test_codec_support import EXEC, EXIT, OOM_KILL, SIGNAL, TCP_CONNECT, THROTTLED, arena_of
 
 ME = os.getpid()
 
@@ -115,6 +115,18 @@ def test_priority_events_go_first_in_their_own_batch():
     assert prio and not routine_flag
     assert [e["pid"] for e in first] == [3, 5, 6, 7]
     assert [e["pid"] for e in second] == [1, 2, 4]
+
+
+def test_throttled_summaries_are_routine_enriched_by_their_cgroup_and_never_collapse():
+    ctx = events_pb2.Context(container_id="c" * 64, cgroup_path="/kubepods.slice/pod-a")
+    summary = {"type": THROTTLED, "pid": 10, "comm": b"stress", "cgroup_id": 5, "exec": 900,
+               "budget": 100, "burst": 100, "interval_ns": 10**9}
+    batches = run([summary, summary, exit_(pid=11, code=1)], Recorder(contexts={5: ctx}))[0]
+    (_, prio, first), (_, routine_flag, second) = batches
+    assert [e["type"] for e in first] == ["exit"]
+    assert [(e["type"], e.get("count", 1)) for e in second] == [("throttled", 1)] * 2
+    assert second[0]["context"]["container_id"] == "c" * 64
+    assert second[0]["throttled"]["exec"] == 900
 
 
 def test_enrichment_is_asked_once_per_cgroup_and_process_and_exec_refreshes_it():

@@ -51,6 +51,15 @@ def test_re2_matches_what_the_filters_meant():
     assert event.exec.filename.endswith("!")
 
 
+def test_an_empty_pod_value_names_no_pod_and_never_raises():
+    """Found by the filters fuzz target: pods=[""] compiled to no regex, and every event with a pod
+    name then raised AttributeError in the subscriber's thread."""
+    event = {"type": "exec", "pid": 7, "comm": "sh", "collector_id": "c", "process": {},
+             "context": {"pod_name": "web-1", "pod_uid": "u-1", "namespace": "default"}}
+    assert Filter.from_request(query_pb2.SubscribeRequest(allow_list=[F(pods=["", "web-"])])).matches_event(event)
+    assert not Filter.from_request(query_pb2.SubscribeRequest(allow_list=[F(pods=["", "db-"])])).matches_event(event)
+
+
 def test_a_catastrophic_regex_does_not_stall_the_server(tmp_path):
     """Subscribe with binary_regex "^(a+)+$", then stream an exec of an executable of 30 a's and a
     '!': a backtracking regex would take minutes on it, holding the interpreter. The batch is

@@ -1,6 +1,7 @@
 """Stream limits on a real grpcio server on 127.0.0.1 with the real TapioService, asked by real gRPC
 clients: a per-token cap below the total, so one token cannot fill the server, and health checks
 and queries that still get in when the collector streams are full."""
+import os
 import threading
 import time
 
@@ -16,7 +17,7 @@ from tapio.server.store import Store
 from tapio.server.subscribe import SERVICE as QUERY_SERVICE, QueryService
 from tapio.v1 import query_pb2, query_pb2_grpc, stream_pb2
 from tests.correlation_fixtures import Events
-from tests.helpers import free_port, wait_until
+from tests.helpers import BIN, ManagedProcess, free_port, read_in_background, wait_until
 
 TOKENS = "tok-a collector\ntok-b collector\ntok-reader reader\n"
 
@@ -239,6 +240,61 @@ def test_a_stream_that_ignores_pause_is_cut_and_a_polite_one_goes_on():
         assert not errors and ingest.collectors["polite"].batches == 5
         release.set()
     finally:
+        channel.close()
+        grpc_server.stop(1)
+        ingest.close()
+
+
+def test_four_streams_that_ignore_pause_do_not_starve_a_real_collector(tmp_path):
+    """Issue row 9, the flood: four raw streams send batches without end and ignore PAUSE, while a
+    real tapio-collector (which pauses when told) streams 2,000 events. The four are cut with
+    RESOURCE_EXHAUSTED after the grace period; the collector keeps its one stream and every one
+    of its events is accepted, long before the flood would have ended on its own (30 s)."""
+    ingest = Ingest(queue_batches=8, batch_delay=0.002, pause_grace=0.5)
+    service = TapioService(ingest)
+    grpc_server = GrpcServer(service, "127.0.0.1", free_port(), 4 << 20, 16, False)
+    grpc_server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_server.port}")
+    stop = threading.Event()
+    floods, collector = [], None
+    try:
+        start = time.time_ns() // 1000
+        for n in range(4):
+            cid = f"rude-{n}"
+
+            def endless(cid=cid):
+                yield hello(cid)
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    yield batch(cid, start + i)
+
+            call = channel.stream_stream("/tapio.v1.TapioService/StreamEvents")(endless(), timeout=60)
+            floods.append((call, *read_in_background(call)))
+        wait_until(lambda: ingest.pauses >= 4, 10, what="the flood to be paused")
+        collector = ManagedProcess(
+            [os.path.join(BIN, "tapio-collector"), "--source", "synthetic", "--rate", "1000",
+             "--count", "2000", "--correlation", "raw", "--collector-id", "polite",
+             "--server", f"127.0.0.1:{grpc_server.port}", "--flush-interval", "20ms",
+             "--metrics-interval", "0", "--http-port", "0"], str(tmp_path / "collector.log"))
+        for call, _, ended in floods:
+            assert ended.wait(15), "a stream that ignores PAUSE was not ended"
+            assert call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "after PAUSE" in call.details()
+        assert ingest.pause_ignored == 4
+        wait_until(lambda: "polite" in ingest.collectors and ingest.collectors["polite"].events == 2000,
+                   15, what="every event of the real collector, while the flood would still run")
+        assert not stop.is_set()
+        polite = ingest.collectors["polite"]
+        assert polite.connections == 1 and polite.duplicates == 0
+        # its --count reached and every batch acked, the collector leaves on its own
+        assert collector.proc.wait(20) == 0
+        assert "2000 delivered" in collector.log() and "0 not delivered at exit" in collector.log()
+    finally:
+        stop.set()
+        for call, _, _ in floods:
+            call.cancel()
+        if collector is not None:
+            collector.stop()
         channel.close()
         grpc_server.stop(1)
         ingest.close()

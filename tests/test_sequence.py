@@ -3,7 +3,8 @@
 restart begins a new run, and the latest ledger of the run is kept."""
 from tapio.server.sequence import REASON_KERNEL, REASON_SEQUENCE, SequenceTracker
 
-LEDGER = dict(seen=0, filtered=0, collapsed=0, dropped_kernel=0, dropped_processor=0, dropped_buffer=0)
+LEDGER = dict(seen=0, filtered=0, collapsed=0, dropped_kernel=0, dropped_processor=0, dropped_buffer=0,
+              throttled=0)
 
 
 def ledger(seen, **kw):

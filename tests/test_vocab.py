@@ -8,10 +8,12 @@ from tapio.collector.cli import EVENT_GROUPS, parse_events
 from tapio.v1 import events_pb2
 
 KNOWN_TYPES = {n: name for n, name in vocab.EVENT_TYPES.items() if n}
+KERNEL_TYPES = {n: name for n, name in KNOWN_TYPES.items() if name not in vocab.COLLECTOR_EVENT_TYPES}
 
 
 def test_kernel_event_types_are_the_wire_contracts():
-    assert {number: name for name, number in kernel.EVENT_TYPES.items()} == KNOWN_TYPES
+    assert {number: name for name, number in kernel.EVENT_TYPES.items()} == KERNEL_TYPES
+    assert set(vocab.COLLECTOR_EVENT_TYPES) <= set(KNOWN_TYPES.values())
 
 
 def test_every_event_type_has_a_details_field_of_its_name():
@@ -19,10 +21,10 @@ def test_every_event_type_has_a_details_field_of_its_name():
     assert set(KNOWN_TYPES.values()) == details
 
 
-def test_the_collector_accepts_every_type_and_the_alias():
-    assert set(parse_events("all")) == set(KNOWN_TYPES.values())
+def test_the_collector_accepts_every_kernel_type_and_the_alias():
+    assert set(parse_events("all")) == set(KERNEL_TYPES.values())
     assert parse_events("oom") == parse_events("oom_kill") == ["oom_kill"]
-    assert set(KNOWN_TYPES.values()) <= set(EVENT_GROUPS)
+    assert set(KERNEL_TYPES.values()) <= set(EVENT_GROUPS)
 
 
 @pytest.mark.parametrize("name, number", [("oom", 6), ("oom_kill", 6), ("OOM_KILL", 6), ("exec", 1),

@@ -1,24 +1,41 @@
 #!/usr/bin/env bash
 # Makes the secrets the manifests mount, with openssl: a CA, the server's certificate (for
 # tapio-server.tapio-system, the name collectors dial, and its longer forms), the collectors'
-# client certificate, a bearer token, and DIR/secrets.yaml holding the three Secrets:
+# client certificate, three bearer tokens with their roles, and DIR/secrets.yaml holding four
+# Secrets:
 #
-#   tapio-server-tls     tls.crt, tls.key, ca.crt   the server's certificate; ca.crt signs clients
-#   tapio-collector-tls  tls.crt, tls.key, ca.crt   the collectors' certificate; ca.crt signs the server
-#   tapio-auth-token     token                      the bearer token collectors send
+#   tapio-server-tls      tls.crt, tls.key, ca.crt  the server's certificate; ca.crt signs clients
+#   tapio-collector-tls   tls.crt, tls.key, ca.crt  the collectors' certificate; ca.crt signs the server
+#   tapio-server-tokens   tokens                    the server's --auth-token-file: every token and
+#                                                   its role (one a line, docs/security.md)
+#   tapio-collector-token token                     the one token collectors send
 #
-#   deploy/kubernetes/make-secrets.sh [--days N] [--cluster-domain DOMAIN] DIR
+# The tokens, each also in its own file in DIR:
+#
+#   collector-token  role "collector", scoped to the collector ids COLLECTOR_IDS (comma-separated
+#                    globs; default *-collector, the ids the DaemonSet's collectors take: one per
+#                    node, <node-name>-collector): it may stream, and read nothing
+#   reader-token     role "reader": the dashboard, /api/v1 and the query calls (Subscribe,
+#                    ListEvents, ...); it may not stream
+#   admin-token      role "admin": everything
+#
+# Collectors get only collector-token; reader-token and admin-token are for people and tools
+# (kubectl port-forward, then Authorization: Bearer ...). They stay in DIR.
+#
+#   deploy/kubernetes/make-secrets.sh [--days N] [--cluster-domain DOMAIN] [--collector-ids GLOBS] DIR
 #   kubectl apply -f DIR/secrets.yaml
 #
-# Run it again on the same DIR to renew the certificates: the CA and the token are kept (delete
-# DIR/ca.key or DIR/token to replace them as well). DIR/ca.key signs certificates: keep it out of
-# the cluster. cert-manager can make the two TLS secrets instead (same names, same keys).
+# Run it again on the same DIR to renew the certificates: the CA and the tokens are kept (delete
+# DIR/ca.key or DIR/*-token to replace them as well; a DIR/token of an older version of this script
+# is kept as the collector token). DIR/ca.key signs certificates: keep it out of the cluster.
+# cert-manager can make the two TLS secrets instead (same names, same keys).
 set -euo pipefail
 
 NAMESPACE=tapio-system
 SERVICE=tapio-server
 days=365
 domain=cluster.local
+collector_ids='*-collector'
 
 usage() {
     awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2
@@ -32,6 +49,8 @@ while [ $# -gt 0 ]; do
         --days=*) days=${1#*=}; shift ;;
         --cluster-domain) domain=${2:?--cluster-domain needs a domain}; shift 2 ;;
         --cluster-domain=*) domain=${1#*=}; shift ;;
+        --collector-ids) collector_ids=${2?--collector-ids needs globs}; shift 2 ;;
+        --collector-ids=*) collector_ids=${1#*=}; shift ;;
         -h|--help) usage ;;
         -*) echo "make-secrets.sh: unknown option $1" >&2; usage ;;
         *) [ -z "$dir" ] || usage; dir=$1; shift ;;
@@ -39,6 +58,13 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$dir" ] || usage
 case "$days" in ''|*[!0-9]*) echo "make-secrets.sh: --days $days is not a number of days" >&2; exit 2 ;; esac
+# one scope field of the token file: globs of id characters, comma-separated, no spaces
+case "$collector_ids" in
+    ''|,*|*,|*,,*|*[!A-Za-z0-9_.:*?,-]*)
+        echo "make-secrets.sh: --collector-ids '$collector_ids' is not comma-separated id globs" \
+            "(letters, digits, - _ . : * ?)" >&2
+        exit 2 ;;
+esac
 command -v openssl >/dev/null || { echo "make-secrets.sh: needs openssl" >&2; exit 2; }
 
 umask 077
@@ -70,7 +96,17 @@ sans="DNS:$SERVICE,DNS:$SERVICE.$NAMESPACE,DNS:$SERVICE.$NAMESPACE.svc,DNS:$SERV
 sign server "$SERVICE" "extendedKeyUsage=serverAuth
 subjectAltName=$sans"
 sign collector tapio-collector "extendedKeyUsage=clientAuth"
-[ -s token ] || openssl rand -hex 32 >token
+# the single token of older versions went to collectors: it stays theirs
+[ -s collector-token ] || [ ! -s token ] || mv token collector-token
+for role in collector reader admin; do
+    [ -s "$role-token" ] || openssl rand -hex 32 >"$role-token"
+done
+{
+    echo "# tapio-server --auth-token-file: TOKEN ROLE [SCOPE] (docs/security.md)"
+    echo "$(cat collector-token) collector $collector_ids"
+    echo "$(cat reader-token) reader"
+    echo "$(cat admin-token) admin"
+} >tokens
 
 b64() { base64 -w0 <"$1"; }
 
@@ -89,7 +125,9 @@ secret() {
     echo "# Made by deploy/kubernetes/make-secrets.sh on $(date -u +%Y-%m-%dT%H:%M:%SZ): kubectl apply -f this file"
     secret tapio-server-tls kubernetes.io/tls tls.crt=server.crt tls.key=server.key ca.crt=ca.crt
     secret tapio-collector-tls kubernetes.io/tls tls.crt=collector.crt tls.key=collector.key ca.crt=ca.crt
-    secret tapio-auth-token Opaque token=token
+    secret tapio-server-tokens Opaque tokens=tokens
+    secret tapio-collector-token Opaque token=collector-token
 } >secrets.yaml
 
-echo "wrote $dir/secrets.yaml (server certificate for $sans, valid $days days)" >&2
+echo "wrote $dir/secrets.yaml (server certificate for $sans, valid $days days; collector token for" \
+    "ids $collector_ids; reader and admin tokens in $dir/reader-token and $dir/admin-token)" >&2

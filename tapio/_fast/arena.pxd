@@ -1,10 +1,12 @@
 from libc.stdint cimport uint32_t, uint64_t, UINT32_MAX, UINT64_MAX
 from libc.string cimport memcpy
 from tapio._fast.redact cimport redact_config, redact_exec
+from tapio._fast.throttle cimport throttle_t, throttle_admit
 from tapio._fast.events cimport (
     tapio_event, tapio_header, tapio_exec, tapio_exit, tapio_tcp, tapio_oom, tapio_signal,
     TAPIO_EVENT_EXEC, TAPIO_EVENT_EXIT, TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_ACCEPT,
-    TAPIO_EVENT_TCP_CLOSE, TAPIO_EVENT_OOM_KILL, TAPIO_EVENT_SIGNAL,
+    TAPIO_EVENT_TCP_CLOSE, TAPIO_EVENT_OOM_KILL, TAPIO_EVENT_SIGNAL, TAPIO_EVENT_THROTTLED,
+    tapio_throttled,
 )
 
 
@@ -41,6 +43,7 @@ cdef struct arena_t:
     const char **proc_ptr
     uint32_t *proc_len
     const redact_config *redact     # secrets out of argv as exec events come in; NULL: kept
+    throttle_t *throttle            # the per-cgroup budget records must fit; NULL: none
 
 
 # arena_push() results
@@ -48,6 +51,7 @@ cdef enum:
     PUSH_OK = 0
     PUSH_FULL = 1        # stored, and the arena is now full (count == limit)
     PUSH_MALFORMED = 2   # not stored: counted in `malformed`
+    PUSH_THROTTLED = 3   # not stored: over its cgroup's budget, counted in the throttle
 
 
 cdef inline tapio_event *arena_slot(const arena_t *a, uint32_t i) noexcept nogil:
@@ -67,6 +71,8 @@ cdef inline size_t event_size(uint32_t type) noexcept nogil:
         return sizeof(tapio_oom)
     if type == TAPIO_EVENT_SIGNAL:
         return sizeof(tapio_signal)
+    if type == TAPIO_EVENT_THROTTLED:
+        return sizeof(tapio_throttled)
     return 0
 
 
@@ -145,6 +151,8 @@ cdef inline int arena_push(arena_t *a, const void *data, size_t size) noexcept n
     if size != event_size(hdr.type):
         a.malformed += 1
         return PUSH_MALFORMED
+    if a.throttle != NULL and not throttle_admit(a.throttle, &hdr):
+        return PUSH_THROTTLED   # before the copy: a suppressed event costs a lookup, no more
     e = arena_claim(a)
     memcpy(e, data, size)
     if hdr.type == TAPIO_EVENT_EXEC and a.redact != NULL:
@@ -155,3 +163,4 @@ cdef inline int arena_push(arena_t *a, const void *data, size_t size) noexcept n
 cdef class EventArena:
     cdef arena_t c
     cdef object redactor            # owns the config that c.redact points at
+    cdef object throttler           # owns the table that c.throttle points at

@@ -16,6 +16,7 @@ cdef class EventArena:
         self.c.capacity = capacity
         self.c.limit = capacity
         self.c.redact = NULL
+        self.c.throttle = NULL
         self.c.slots = <char *>PyMem_Calloc(capacity, sizeof(tapio_event))
         self.c.repeat = <uint32_t *>PyMem_Calloc(capacity, sizeof(uint32_t))
         self.c.totals = <slot_totals *>PyMem_Calloc(capacity, sizeof(slot_totals))
@@ -76,10 +77,10 @@ cdef class EventArena:
 
     def push_bytes(self, const unsigned char[::1] record not None):
         """Append one record in kernel layout (tests, synthetic sources). False when the arena is
-        full or the record is malformed (and counted)."""
+        full, or the record is malformed or over its cgroup's budget (and counted)."""
         if self.c.count >= self.c.limit:
             return False
-        return arena_push(&self.c, &record[0], record.shape[0]) != PUSH_MALFORMED
+        return arena_push(&self.c, &record[0], record.shape[0]) <= PUSH_FULL
 
     def slot_bytes(self, uint32_t i):
         """Slot i in kernel layout, as many bytes as its type has (tests, debugging)."""

@@ -123,7 +123,7 @@ cdef class BatchEncoder:
         The event in slot s gets the id ebpf-<first_seq + s>; created_at_ns defaults to now.
         The batch accounts for the sequence numbers first_seq..last_seq (0: through the arena's
         last slot; events left out by `order` were filtered or collapsed). `ledger` is the
-        collector's running totals, six ints in tapio.v1.Ledger field order, or None.
+        collector's running totals, seven ints in tapio.v1.Ledger field order, or None.
         seq_range: (first, last) written as the batch's range instead, verbatim, (0, 0) for
         none: for one of several batches cut from one arena, whose range starts past slot 0."""
         cdef const uint32_t[::1] order_view
@@ -134,7 +134,7 @@ cdef class BatchEncoder:
         cdef uint64_t created = time.time_ns() if created_at_ns is None else created_at_ns
         cdef bytes cid = self._collector_id
         cdef bytes node = self._node_name
-        cdef uint64_t totals[6]
+        cdef uint64_t totals[7]
         cdef size_t ledger_size = 0
         cdef uint8_t *start
         cdef uint8_t *w
@@ -157,10 +157,10 @@ cdef class BatchEncoder:
         if seq_range is not None:
             range_first, last_seq = seq_range
         if ledger is not None:
-            if len(ledger) != 6:
-                raise ValueError("a ledger is six counts: seen, filtered, collapsed, dropped_kernel, "
-                                 f"dropped_processor, dropped_buffer; not {ledger!r}")
-            for k in range(6):
+            if len(ledger) != 7:
+                raise ValueError("a ledger is seven counts: seen, filtered, collapsed, dropped_kernel, "
+                                 f"dropped_processor, dropped_buffer, throttled; not {ledger!r}")
+            for k in range(7):
                 totals[k] = ledger[k]
                 ledger_size += sz_uint(totals[k])
 
@@ -189,7 +189,7 @@ cdef class BatchEncoder:
         w = w_uint(w, 0x58, last_seq)
         if ledger is not None:
             w = w_message_head(w, 12, ledger_size)  # < 128: one byte of length
-            for k in range(6):
+            for k in range(7):
                 w = w_uint(w, <uint8_t>(0x08 + 8 * k), totals[k])
         body = <size_t>(w - (self._buf + HEAD))
         if body > MAX_MESSAGE:

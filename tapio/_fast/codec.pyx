@@ -30,7 +30,7 @@ from posix.unistd cimport sysconf, _SC_PAGESIZE
 
 from tapio._fast.events cimport (
     tapio_event, tapio_header, tapio_exec, tapio_exit, tapio_tcp, tapio_oom, tapio_signal,
-    TAPIO_EVENT_EXEC, TAPIO_EVENT_EXIT, TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_ACCEPT,
+    tapio_throttled, TAPIO_EVENT_THROTTLED, TAPIO_EVENT_EXEC, TAPIO_EVENT_EXIT, TAPIO_EVENT_TCP_CONNECT, TAPIO_EVENT_TCP_ACCEPT,
     TAPIO_EVENT_TCP_CLOSE, TAPIO_EVENT_OOM_KILL, TAPIO_EVENT_SIGNAL, TAPIO_COMM_LEN,
     TAPIO_FILENAME_LEN, TAPIO_ARGS_LEN, TAPIO_CGROUP_NAME_LEN, TAPIO_EXEC_ARGS_TRUNCATED,
     TAPIO_EXEC_ARGS_REDACTED,
@@ -53,7 +53,7 @@ def struct_sizes():
         "tapio_header": sizeof(tapio_header), "tapio_exec": sizeof(tapio_exec),
         "tapio_exit": sizeof(tapio_exit), "tapio_tcp": sizeof(tapio_tcp),
         "tapio_oom": sizeof(tapio_oom), "tapio_signal": sizeof(tapio_signal),
-        "tapio_event": sizeof(tapio_event),
+        "tapio_throttled": sizeof(tapio_throttled), "tapio_event": sizeof(tapio_event),
     }
 
 

@@ -7,6 +7,10 @@ from tapio._fast.hashmap cimport u64map
 
 cdef enum:
     NO_SLOT = 0xFFFFFFFF
+    # slots a collector's tables start with (they double up to their caps): most need few, and a
+    # collector id that sent little should cost little
+    PROCS_START = 256         # 48 KiB
+    CONNS_START = 32          # 42 KiB: a destination is listed only once a connect to it failed
     RING_MAX = 64             # most failures a connectivity threshold can count (its ring)
     CONN_FAIL_REFS = 32       # failed connects of a destination kept by reference (the rest counted)
     CONN_OK_REFS = 8          # successful ones "in between" kept by reference

@@ -17,7 +17,7 @@ Event references (`evref`) name an event by its batch's ordinal (the Python side
 batches) and its index there, plus the number of its id, so that a group can still name an event
 whose batch is gone. Collapsed events (count > 1) count as many times as they occurred.
 """
-from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free, PyMem_Calloc
+from cpython.mem cimport PyMem_Realloc, PyMem_Free, PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
 cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, UINT64_MAX
 from libc.string cimport memcpy, memset, memcmp

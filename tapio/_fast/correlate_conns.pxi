@@ -7,7 +7,8 @@
 cdef class ConnectionTable:
     """Failed connects of one collector, per (cgroup, destination). Not thread-safe."""
 
-    cdef conn_t *conns
+    cdef conn_t *conns                # conns_size slots, doubled when a slot is needed and
+    cdef uint32_t conns_size          # none is free, up to conns_cap
     cdef uint32_t conns_cap
     cdef uint32_t conns_used
     cdef uint32_t conns_bump
@@ -28,11 +29,12 @@ cdef class ConnectionTable:
             raise ValueError(f"max_connections must be within 16..{1 << 24}, not {max_connections}")
         if not 1 <= conn_threshold <= RING_MAX:
             raise ValueError(f"the connectivity threshold must be within 1..{RING_MAX}, not {conn_threshold}")
-        self.conns = <conn_t *>PyMem_Calloc(max_connections, sizeof(conn_t))
+        self.conns_cap = max_connections
+        self.conns_size = CONNS_START if max_connections > CONNS_START else max_connections
+        self.conns = <conn_t *>PyMem_RawMalloc(self.conns_size * sizeof(conn_t))
         if self.conns == NULL:
             raise MemoryError()
-        u64map_init(&self.conn_keys, max_connections * 2)
-        self.conns_cap = max_connections
+        u64map_init(&self.conn_keys, max_connections * 2, self.conns_size * 2)
         self.free_conn = NO_SLOT
         self.conn_threshold = conn_threshold
         self.conn_window_ns = <uint64_t>(conn_window_s * 1e9)
@@ -45,9 +47,22 @@ cdef class ConnectionTable:
             self.conn_fail_mask |= 1u << <uint32_t>r
 
     def __dealloc__(self):
-        PyMem_Free(self.conns)
-        if self.conn_keys.keys != NULL:
-            u64map_free(&self.conn_keys)
+        PyMem_RawFree(self.conns)
+        u64map_free(&self.conn_keys)
+
+    cdef bint _grow(self) noexcept nogil:
+        """Double conns (at most conns_cap); False at the cap or when memory is short (the table
+        stays as it was). Slot numbers stay valid: pointers into conns do not."""
+        cdef uint32_t size = self.conns_size * 2 if self.conns_size * 2 < self.conns_cap else self.conns_cap
+        cdef conn_t *p
+        if self.conns_size >= self.conns_cap:
+            return False
+        p = <conn_t *>PyMem_RawRealloc(self.conns, size * sizeof(conn_t))
+        if p == NULL:
+            return False
+        self.conns = p
+        self.conns_size = size
+        return True
 
     cdef uint32_t on_connect(self, const tapio_batch *b, const tapio_record *rec, uint32_t ordinal,
                           uint32_t index) noexcept nogil:
@@ -79,7 +94,7 @@ cdef class ConnectionTable:
         else:
             slot = self.free_conn
             if slot == NO_SLOT:
-                if self.conns_bump >= self.conns_cap:
+                if self.conns_bump >= self.conns_size and not self._grow():
                     self.conns_untracked += n
                     return NO_SLOT
                 slot = self.conns_bump
@@ -198,6 +213,7 @@ cdef class ConnectionTable:
         return {
             "connects": self.connects, "connect_failures": self.connect_failures,
             "destinations": self.conns_used, "destination_capacity": self.conns_cap,
+            "destination_slots": self.conns_size,
             "connectivity_groups": self.conn_groups, "destinations_untracked": self.conns_untracked,
             "destination_key_collisions": self.conn_key_collisions,
         }

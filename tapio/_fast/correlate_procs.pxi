@@ -21,13 +21,14 @@ cdef enum:
 cdef class ProcessTable:
     """The processes of one collector, linked into trees. Not thread-safe."""
 
-    cdef proc_t *procs
+    cdef proc_t *procs                # procs, roots and closing: procs_size slots each, doubled
+    cdef uint32_t procs_size          # when a slot is needed and none is free, up to procs_cap
     cdef uint32_t procs_cap
     cdef uint32_t procs_used
-    cdef uint32_t procs_bump          # slots above it were never used (pages not touched yet)
+    cdef uint32_t procs_bump          # slots from it up were never used
     cdef uint32_t free_proc
     cdef u64map pids                  # pid -> slot of its newest process
-    cdef uint32_t *roots              # open trees
+    cdef uint32_t *roots              # open trees (each a slot in use: at most procs_size)
     cdef uint32_t n_roots
     cdef uint32_t *closing            # finished trees waiting for their grace period
     cdef uint32_t n_closing
@@ -53,13 +54,10 @@ cdef class ProcessTable:
             raise ValueError(f"max_processes must be within 16..{1 << 26}, not {max_processes}")
         if max_tree_processes < 1:
             raise ValueError("max_tree_processes must be at least 1")
-        self.procs = <proc_t *>PyMem_Calloc(max_processes, sizeof(proc_t))
-        self.roots = <uint32_t *>PyMem_Malloc(max_processes * sizeof(uint32_t))
-        self.closing = <uint32_t *>PyMem_Malloc(max_processes * sizeof(uint32_t))
-        if self.procs == NULL or self.roots == NULL or self.closing == NULL:
-            raise MemoryError()
-        u64map_init(&self.pids, max_processes * 2)
         self.procs_cap = max_processes
+        if not self._grow(PROCS_START if max_processes > PROCS_START else max_processes):
+            raise MemoryError()
+        u64map_init(&self.pids, max_processes * 2, self.procs_size * 2)
         self.free_proc = NO_SLOT
         self.max_tree_procs = max_tree_processes
         self.min_procs = min_processes
@@ -69,12 +67,31 @@ cdef class ProcessTable:
         self.split_on_cgroup = split_on_cgroup
 
     def __dealloc__(self):
-        PyMem_Free(self.procs)
-        PyMem_Free(self.roots)
-        PyMem_Free(self.closing)
+        PyMem_RawFree(self.procs)
+        PyMem_RawFree(self.roots)
+        PyMem_RawFree(self.closing)
         PyMem_Free(self.scratch)
-        if self.pids.keys != NULL:
-            u64map_free(&self.pids)
+        u64map_free(&self.pids)
+
+    cdef bint _grow(self, uint32_t size) noexcept nogil:
+        """Give procs, roots and closing `size` slots (more than now, at most procs_cap); False
+        when memory is short (the tables stay as they were). Slot numbers stay valid: pointers
+        into procs do not."""
+        cdef void *p
+        p = PyMem_RawRealloc(self.roots, size * sizeof(uint32_t))
+        if p == NULL:
+            return False
+        self.roots = <uint32_t *>p
+        p = PyMem_RawRealloc(self.closing, size * sizeof(uint32_t))
+        if p == NULL:
+            return False
+        self.closing = <uint32_t *>p
+        p = PyMem_RawRealloc(self.procs, size * sizeof(proc_t))
+        if p == NULL:
+            return False
+        self.procs = <proc_t *>p
+        self.procs_size = size
+        return True
 
     cdef inline uint32_t _lookup(self, uint32_t pid) noexcept nogil:
         cdef uint32_t slot
@@ -87,7 +104,10 @@ cdef class ProcessTable:
         cdef proc_t *p
         if slot != NO_SLOT:
             self.free_proc = self.procs[slot].next_sibling
-        elif self.procs_bump < self.procs_cap:
+        elif self.procs_bump < self.procs_size or (
+                self.procs_size < self.procs_cap
+                and self._grow(self.procs_size * 2 if self.procs_size * 2 < self.procs_cap
+                               else self.procs_cap)):
             slot = self.procs_bump
             self.procs_bump += 1
         else:
@@ -526,6 +546,7 @@ cdef class ProcessTable:
     cdef dict stats(self):
         return {
             "processes": self.procs_used, "process_capacity": self.procs_cap,
+            "process_slots": self.procs_size,
             "open_trees": self.n_roots, "finished_trees": self.n_closing,
             "trees_closed": self.trees_closed, "trees_emitted": self.trees_emitted,
             "trees_forced": self.trees_forced, "trees_suppressed": self.trees_suppressed,

@@ -312,6 +312,38 @@ cdef inline const uint8_t *parse_signal(const tapio_batch *b, const uint8_t *p, 
     return p
 
 
+cdef inline const uint8_t *parse_throttled(const uint8_t *p, const uint8_t *end,
+                                           tapio_throttled_rec *x, wire_error *err) noexcept nogil:
+    cdef uint32_t tag = 0
+    while p < end:
+        p = get_tag(p, end, &tag, err)
+        if p == NULL:
+            return wire_fail_in(err, "ThrottledDetails", 0)
+        if tag == 0x09:
+            p = get_fixed64(p, end, &x.first_timestamp_ns, err)
+        elif tag == 0x11:
+            p = get_fixed64(p, end, &x.last_timestamp_ns, err)
+        elif tag == 0x18:
+            p = get_varint(p, end, &x.exec, err)
+        elif tag == 0x20:
+            p = get_varint(p, end, &x.tcp_connect, err)
+        elif tag == 0x28:
+            p = get_varint(p, end, &x.tcp_accept, err)
+        elif tag == 0x30:
+            p = get_varint(p, end, &x.tcp_close, err)
+        elif tag == 0x38:
+            p = get_u32(p, end, &x.budget, err)
+        elif tag == 0x40:
+            p = get_u32(p, end, &x.burst, err)
+        elif tag == 0x48:
+            p = get_varint(p, end, &x.interval_ns, err)
+        else:
+            p = skip_other(p, end, tag, field_mask(1, 9), err)
+        if p == NULL:
+            return wire_fail_in(err, "ThrottledDetails", tag >> 3)
+    return p
+
+
 cdef inline const uint8_t *parse_collapsed(const uint8_t *p, const uint8_t *end,
                                            tapio_collapsed_rec *x, wire_error *err) noexcept nogil:
     cdef uint32_t tag = 0
@@ -363,6 +395,8 @@ cdef inline const uint8_t *parse_details(tapio_batch *b, const uint8_t *p, const
         return parse_oom(b, p, end, &rec.d.oom, err)
     if kind == TAPIO_EVENT_SIGNAL:
         return parse_signal(b, p, end, &rec.d.signal, err)
+    if kind == TAPIO_EVENT_THROTTLED:
+        return parse_throttled(p, end, &rec.d.throttled, err)
     return parse_tcp(b, p, end, &rec.d.tcp, err)
 
 
@@ -423,10 +457,10 @@ cdef inline const uint8_t *parse_ledger(tapio_batch *b, const uint8_t *p, const 
         p = get_tag(p, end, &tag, err)
         if p == NULL:
             return wire_fail_in(err, "Ledger", 0)
-        if tag & 7 == WT_VARINT and 1 <= tag >> 3 <= 6:
+        if tag & 7 == WT_VARINT and 1 <= tag >> 3 <= 7:
             p = get_varint(p, end, &b.ledger[(tag >> 3) - 1], err)
         else:
-            p = skip_other(p, end, tag, field_mask(1, 6), err)
+            p = skip_other(p, end, tag, field_mask(1, 7), err)
         if p == NULL:
             return wire_fail_in(err, "Ledger", tag >> 3)
     return p
@@ -476,12 +510,12 @@ cdef inline const uint8_t *parse_event(tapio_batch *b, const uint8_t *p, const u
             if p != NULL:
                 p = parse_event_collapsed(b, body, p, rec, err)
         else:  # (nested, so that the tests above compile to a C switch)
-            if tag & 7 == WT_LEN and 16 <= field <= 22:  # the details oneof
+            if tag & 7 == WT_LEN and 16 <= field <= 23:  # the details oneof
                 p = get_len(p, end, &body, err)
                 if p != NULL:
                     p = parse_details(b, body, p, rec, <uint8_t>(field - 15), err)
             else:
-                p = skip_other(p, end, tag, field_mask(1, 14) | field_mask(16, 22), err)
+                p = skip_other(p, end, tag, field_mask(1, 14) | field_mask(16, 23), err)
         if p == NULL:
             return wire_fail_in(err, "Event", field)
     return p

@@ -146,7 +146,7 @@ cdef class DecodedBatch:
     @property
     def ledger(self):
         """The collector's running totals ({seen, filtered, collapsed, dropped_kernel,
-        dropped_processor, dropped_buffer}), or None when the batch carries none."""
+        dropped_processor, dropped_buffer, throttled}), or None when the batch carries none."""
         if not self.c.has_ledger:
             return None
         return dict(zip(LEDGER_FIELDS, self.c.ledger))
@@ -161,20 +161,40 @@ cdef class DecodedBatch:
 
     def type_counts(self):
         """{type name: events of that type}, counted in C (metrics)."""
-        cdef uint64_t known[8]  # EventType values 0..7
+        cdef uint64_t known[9]  # EventType values 0..8
         cdef uint32_t i
         cdef int32_t t
         memset(known, 0, sizeof(known))
         other = {}
         for i in range(self.c.count):
             t = self.c.records[i].type
-            if 0 <= t < 8:
+            if 0 <= t < 9:
                 known[t] += 1
             else:  # a type this contract does not know: rare, counted in Python
                 other[t] = other.get(t, 0) + 1
-        counts = {vocab.event_type_name(t): known[t] for t in range(8) if known[t]}
+        counts = {vocab.event_type_name(t): known[t] for t in range(9) if known[t]}
         counts.update((vocab.event_type_name(t), n) for t, n in other.items())
         return counts
+
+    def throttled_counts(self):
+        """{type name: events held back} summed over the batch's `throttled` events, read in C
+        ({} without any): what collectors' budgets suppressed (metrics)."""
+        cdef uint64_t n[4]
+        cdef uint32_t i
+        cdef const tapio_throttled_rec *x
+        cdef bint any = False
+        memset(n, 0, sizeof(n))
+        for i in range(self.c.count):
+            if self.c.records[i].details == TAPIO_EVENT_THROTTLED:
+                x = &self.c.records[i].d.throttled
+                n[0] += x.exec
+                n[1] += x.tcp_connect
+                n[2] += x.tcp_accept
+                n[3] += x.tcp_close
+                any = True
+        if not any:
+            return {}
+        return {"exec": n[0], "tcp_connect": n[1], "tcp_accept": n[2], "tcp_close": n[3]}
 
     def event_id(self, Py_ssize_t i):
         """The id of event i, without building its dict."""
@@ -300,6 +320,12 @@ cdef dict details_dict(const tapio_batch *b, const tapio_record *rec):
                 "memcg_limit_bytes": d.oom.memcg_limit_bytes,
                 "memcg_usage_bytes": d.oom.memcg_usage_bytes,
                 "total_vm_bytes": d.oom.total_vm_bytes, "rss_bytes": d.oom.rss_bytes}
+    if rec.details == TAPIO_EVENT_THROTTLED:
+        return {"first_timestamp_ns": d.throttled.first_timestamp_ns,
+                "last_timestamp_ns": d.throttled.last_timestamp_ns, "exec": d.throttled.exec,
+                "tcp_connect": d.throttled.tcp_connect, "tcp_accept": d.throttled.tcp_accept,
+                "tcp_close": d.throttled.tcp_close, "budget": d.throttled.budget,
+                "burst": d.throttled.burst, "interval_ns": d.throttled.interval_ns}
     if rec.details == TAPIO_EVENT_SIGNAL:
         return {"signal": d.signal.signal, "signal_name": vocab.signal_name(d.signal.signal),
                 "code": d.signal.code, "sender_pid": d.signal.sender_pid,
@@ -373,6 +399,10 @@ cdef uint64_t batch_checksum(const tapio_batch *b) noexcept nogil:
         elif rec.details == TAPIO_EVENT_SIGNAL:
             s += (d.signal.signal + <uint32_t>d.signal.code + d.signal.sender_pid
                   + d.signal.sender_comm.len)
+        elif rec.details == TAPIO_EVENT_THROTTLED:
+            s += (d.throttled.first_timestamp_ns + d.throttled.last_timestamp_ns + d.throttled.exec
+                  + d.throttled.tcp_connect + d.throttled.tcp_accept + d.throttled.tcp_close
+                  + d.throttled.budget + d.throttled.burst + d.throttled.interval_ns)
         elif rec.details:
             s += (<uint32_t>d.tcp.family + d.tcp.saddr.len + d.tcp.daddr.len + d.tcp.sport
                   + d.tcp.dport + <uint32_t>d.tcp.result + <uint32_t>d.tcp.error

@@ -276,6 +276,26 @@ cdef inline uint8_t *signal_write(uint8_t *w, const tapio_signal *x) noexcept no
     return w_text(w, 0x22, x.sender_comm, cstr_len(x.sender_comm, TAPIO_COMM_LEN))
 
 
+# ---- throttled: what the per-cgroup budget held back (made by the collector) ----
+
+cdef inline size_t throttled_size(const tapio_throttled *x, const encode_opts *o) noexcept nogil:
+    return ((9 if x.first_ns + o.boot_to_wall_ns else 0) + (9 if x.last_ns + o.boot_to_wall_ns else 0)
+            + sz_uint(x.exec) + sz_uint(x.tcp_connect) + sz_uint(x.tcp_accept)
+            + sz_uint(x.tcp_close) + sz_uint(x.budget) + sz_uint(x.burst) + sz_uint(x.interval_ns))
+
+
+cdef inline uint8_t *throttled_write(uint8_t *w, const tapio_throttled *x, const encode_opts *o) noexcept nogil:
+    w = w_fixed64(w, 0x09, x.first_ns + o.boot_to_wall_ns)
+    w = w_fixed64(w, 0x11, x.last_ns + o.boot_to_wall_ns)
+    w = w_uint(w, 0x18, x.exec)
+    w = w_uint(w, 0x20, x.tcp_connect)
+    w = w_uint(w, 0x28, x.tcp_accept)
+    w = w_uint(w, 0x30, x.tcp_close)
+    w = w_uint(w, 0x38, x.budget)
+    w = w_uint(w, 0x40, x.burst)
+    return w_uint(w, 0x48, x.interval_ns)
+
+
 # ---- collapsed: the totals of a slot that stands for several events ----
 
 cdef inline size_t collapsed_size(const slot_totals *t, const encode_opts *o) noexcept nogil:
@@ -313,6 +333,8 @@ cdef inline size_t details_size(const tapio_event *e, const encode_opts *o) noex
         return oom_size(&e.oom, o)
     if t == TAPIO_EVENT_SIGNAL:
         return signal_size(&e.signal)
+    if t == TAPIO_EVENT_THROTTLED:
+        return throttled_size(&e.throttled, o)
     return 0  # the arena refuses other types
 
 
@@ -328,6 +350,8 @@ cdef inline uint8_t *details_write(uint8_t *w, const tapio_event *e, const encod
         return oom_write(w, &e.oom, o)
     if t == TAPIO_EVENT_SIGNAL:
         return signal_write(w, &e.signal)
+    if t == TAPIO_EVENT_THROTTLED:
+        return throttled_write(w, &e.throttled, o)
     return w
 
 
@@ -337,7 +361,7 @@ cdef inline size_t event_size(const arena_t *a, uint32_t slot, const event_id *i
     cdef const tapio_header *h = &arena_slot(a, slot).hdr
     cdef size_t collapsed
     cdef size_t n = 2 + id.len  # id: tag, length (< 128), "ebpf-<n>"
-    n += 2  # type: 1..7
+    n += 2  # type: 1..8
     n += 9 if h.timestamp_ns + o.boot_to_wall_ns else 0
     n += sz_uint(h.pid) + sz_uint(h.tid) + sz_uint(h.ppid) + sz_uint(h.uid) + sz_uint(h.gid)
     n += sz_uint(h.cgroup_id) + sz_len(cstr_len(h.comm, TAPIO_COMM_LEN))
@@ -348,7 +372,7 @@ cdef inline size_t event_size(const arena_t *a, uint32_t slot, const event_id *i
         n += a.ctx_len[slot]
     if a.proc_ptr[slot] != NULL:
         n += a.proc_len[slot]
-    return n + 2 + varint_size(details) + details  # details fields 16..22: two-byte tags
+    return n + 2 + varint_size(details) + details  # details fields 16..23: two-byte tags
 
 
 cdef inline uint8_t *event_write(uint8_t *w, const arena_t *a, uint32_t slot, const event_id *id,

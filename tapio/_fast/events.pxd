@@ -19,6 +19,7 @@ cdef extern from "tapio_events.h" nogil:
         TAPIO_EVENT_TCP_CLOSE
         TAPIO_EVENT_OOM_KILL
         TAPIO_EVENT_SIGNAL
+        TAPIO_EVENT_THROTTLED
         TAPIO_EVENT_TYPE_COUNT
 
     enum tapio_tcp_direction:
@@ -83,6 +84,18 @@ cdef extern from "tapio_events.h" nogil:
         uint32_t sender_pid
         char sender_comm[16]
 
+    struct tapio_throttled:
+        tapio_header hdr
+        uint64_t first_ns
+        uint64_t last_ns
+        uint64_t exec
+        uint64_t tcp_connect
+        uint64_t tcp_accept
+        uint64_t tcp_close
+        uint64_t interval_ns
+        uint32_t budget
+        uint32_t burst
+
     union tapio_event:
         tapio_header hdr
         tapio_exec exec
@@ -90,6 +103,7 @@ cdef extern from "tapio_events.h" nogil:
         tapio_tcp tcp
         tapio_oom oom
         tapio_signal signal
+        tapio_throttled throttled
 
     struct tapio_config:
         uint32_t self_tgid

@@ -56,6 +56,11 @@ cdef extern from *:
         TAPIO_FIELD(tapio_signal, hdr), TAPIO_FIELD(tapio_signal, signal),
         TAPIO_FIELD(tapio_signal, code), TAPIO_FIELD(tapio_signal, sender_pid),
         TAPIO_FIELD(tapio_signal, _pad), TAPIO_FIELD(tapio_signal, sender_comm),
+        TAPIO_FIELD(tapio_throttled, hdr), TAPIO_FIELD(tapio_throttled, first_ns),
+        TAPIO_FIELD(tapio_throttled, last_ns), TAPIO_FIELD(tapio_throttled, exec),
+        TAPIO_FIELD(tapio_throttled, tcp_connect), TAPIO_FIELD(tapio_throttled, tcp_accept),
+        TAPIO_FIELD(tapio_throttled, tcp_close), TAPIO_FIELD(tapio_throttled, interval_ns),
+        TAPIO_FIELD(tapio_throttled, budget), TAPIO_FIELD(tapio_throttled, burst),
         TAPIO_FIELD(tapio_config, self_tgid), TAPIO_FIELD(tapio_config, enabled_types),
         TAPIO_FIELD(tapio_config, filter_cgroups), TAPIO_FIELD(tapio_config, routine_limit),
     };
@@ -65,6 +70,7 @@ cdef extern from *:
     static const struct tapio_type_size tapio_host_sizes[] = {
         TAPIO_SIZE(tapio_header), TAPIO_SIZE(tapio_exec), TAPIO_SIZE(tapio_exit),
         TAPIO_SIZE(tapio_tcp), TAPIO_SIZE(tapio_oom), TAPIO_SIZE(tapio_signal),
+        TAPIO_SIZE(tapio_throttled),
         TAPIO_SIZE(tapio_config), { "tapio_event", sizeof(union tapio_event) },
     };
     static const size_t tapio_host_size_count = sizeof(tapio_host_sizes) / sizeof(tapio_host_sizes[0]);

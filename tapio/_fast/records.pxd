@@ -107,12 +107,25 @@ cdef struct tapio_collapsed_rec:
     uint32_t sport_max
 
 
+cdef struct tapio_throttled_rec:
+    uint64_t first_timestamp_ns
+    uint64_t last_timestamp_ns
+    uint64_t exec
+    uint64_t tcp_connect
+    uint64_t tcp_accept
+    uint64_t tcp_close
+    uint64_t interval_ns
+    uint32_t budget
+    uint32_t burst
+
+
 cdef union tapio_details:
     tapio_exec_rec exec
     tapio_exit_rec exit
     tapio_tcp_rec tcp
     tapio_oom_rec oom
     tapio_signal_rec signal
+    tapio_throttled_rec throttled
 
 
 cdef struct tapio_record:
@@ -175,7 +188,7 @@ cdef struct tapio_batch:
     uint64_t buffer_drops
     uint64_t first_seq
     uint64_t last_seq
-    uint64_t ledger[6]        # tapio.v1.Ledger's fields in order, when has_ledger
+    uint64_t ledger[7]        # tapio.v1.Ledger's fields in order, when has_ledger
     tapio_ref collector_id
     tapio_ref node_name
     tapio_span event_pieces   # kind event, sent in several pieces: their chain (records[0].wire

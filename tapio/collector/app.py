@@ -53,6 +53,7 @@ def _make_sink(args, event_types):
     from tapio.collector.connection import ConnectionManager
     from tapio.collector.delivery import DeliveryBuffer
     from tapio.collector.grpc_transport import GrpcTransport
+    from tapio.collector.server_order import order_servers
     channels = ChannelFactory(tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
                               tls_server_name=args.tls_server_name,
                               auth_token=_read_token(args.auth_token_file),
@@ -62,11 +63,16 @@ def _make_sink(args, event_types):
         from tapio.collector.spool import Spool
         buffer.spool = Spool(args.spool_dir, args.spool_max_size, fsync_interval=args.spool_fsync_interval)
         buffer.restore(buffer.spool.recover())
+    servers = order_servers(args.server, args.node_name, args.server_order)
+    if len(servers) > 1:
+        log.info("Servers in the order this node tries them (%s): %s", args.server_order,
+                 ", ".join(servers))
     return ConnectionManager(
-        servers=args.server, transport=GrpcTransport(channels, args.connect_timeout),
+        servers=servers, transport=GrpcTransport(channels, args.connect_timeout),
         buffer=buffer, hello=lambda: _hello(args, event_types),
         backoff=Backoff(args.backoff_initial, args.backoff_max, args.backoff_multiplier),
-        pause_timeout=args.pause_timeout or None)
+        pause_timeout=args.pause_timeout or None,
+        heartbeat_interval=getattr(args, "heartbeat_interval", 60.0))
 
 
 async def _open_source(args):
@@ -97,6 +103,7 @@ async def _main(args):
 async def _collect(args, signals):
     with contextlib.ExitStack() as cleanup:       # closes what was opened, in reverse, always
         config = processor_config(args)
+        budget = _budget(args)      # before the probes load: a bad budget is one line, not a load
         enrichment = None
         if config.enable_semantic_path:
             enrichment = Enrichment(args.node_name, args.enable_k8s, args.kubeconfig, args.enable_systemd,
@@ -113,7 +120,7 @@ async def _collect(args, signals):
         # new batch ids follow the wall clock (in microseconds) and whatever the spool gave back
         first_batch_id = max(time.time_ns() // 1000, sink.buffer.last_id() + 1) if streaming else 1
         pump = Pump(source, sink, encoder, processor, config.buffer_size, args.flush_interval,
-                    first_batch_id, read_interval=args.read_interval)
+                    first_batch_id, read_interval=args.read_interval, budget=budget)
         redactor = getattr(args, "redactor", None)
         pump.arena.set_redactor(redactor)
         if redactor is None:
@@ -183,6 +190,21 @@ class Shutdown:
         """How long the acks may still be waited for."""
         self._start()
         return max(0.0, self.deadline - trio.current_time())
+
+
+def _budget(args):
+    """The per-cgroup budget of --cgroup-budget, or None (off)."""
+    if not getattr(args, "cgroup_budget", None):
+        return None
+    from tapio.collector.budget import CgroupBudget
+    events, interval_ns = args.cgroup_budget
+    try:
+        budget = CgroupBudget(events, interval_ns, args.cgroup_burst)
+    except (ValueError, OverflowError) as e:
+        raise ConfigError(f"--cgroup-budget / --cgroup-burst: {e}") from None
+    log.info("Cgroup budget: %d routine events per %gs per cgroup, bursts of %d; the rest is "
+             "counted in throttled events", events, interval_ns / 1e9, budget.throttle.burst)
+    return budget
 
 
 def _http(args, pump, source, sink, processor, ledger):

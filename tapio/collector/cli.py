@@ -7,6 +7,7 @@ import socket
 import sys
 
 from tapio import __version__, logs
+from tapio.collector.budget import parse_budget, parse_burst
 from tapio.flags import (ConfigError, FlagParser, choice, parse_duration, parse_size, positive, non_negative,
                          port)
 
@@ -72,7 +73,12 @@ examples:
            help="synthetic source: stop after N events (0: never)")
     p.flag("--output", metavar="PATH", help="write every event as a JSON line to PATH ('-' for stdout)")
     p.flag("--server", type=parse_servers, metavar="HOST:PORT[,HOST:PORT...]",
-           help="Tapio server(s) to stream to; later ones are failovers, in order")
+           help="Tapio server(s) to stream to; the others are failovers (see --server-order)")
+    p.flag("--server-order", type=choice("rendezvous", "listed"), default="rendezvous",
+           help="which of several --servers is this node's first, and the failover order: "
+                "rendezvous (a hash of the node name and each server: nodes spread evenly over "
+                "the servers, each with its own order; every collector must list the same "
+                "servers) or listed (as given)")
     p.flag("--events", type=parse_events, default="all", metavar="TYPES",
            help="event types: all or a list of exec,exit,tcp,tcp_connect,tcp_accept,tcp_close,oom_kill (or oom),signal")
     p.flag("--ring-buffer-size", type=parse_size, default="8MiB", metavar="SIZE",
@@ -97,6 +103,13 @@ examples:
            help="semantic path: drop events of these commands (as in /proc/PID/comm)")
     p.flag("--include-cgroup", type=comma_list, default="", metavar="PREFIX[,PREFIX...]",
            help="semantic path: keep only events from cgroups under these paths (e.g. /kubepods.slice)")
+    p.flag("--cgroup-budget", type=parse_budget, default="0", metavar="N/INTERVAL",
+           help="per cgroup, at most N routine events (exec, tcp connect/accept/close) per interval, "
+                "like 2000/s; what is over goes out as one `throttled` event per cgroup and "
+                "interval with the counts by type. Exits, OOM kills and fatal signals always "
+                "pass. 0: off")
+    p.flag("--cgroup-burst", type=parse_burst, default=0, metavar="N",
+           help="events a cgroup may send at once under --cgroup-budget (0: one interval's budget)")
     p.switch("--enable-k8s", help="pod name, namespace, labels, container name and image from the "
                                   "Kubernetes API (a watch of this node's pods)")
     p.flag("--kubeconfig", metavar="PATH", help="kubeconfig for --enable-k8s (default: in-cluster)")
@@ -133,6 +146,9 @@ examples:
     p.flag("--pause-timeout", type=non_negative(parse_duration), default="60s", metavar="DURATION",
            help="a server's PAUSE held longer than this ends the stream and fails over to the next "
                 "--server (0: wait as long as the server says)")
+    p.flag("--heartbeat-interval", type=non_negative(parse_duration), default="60s", metavar="DURATION",
+           help="on a stream with nothing to send for this long (a quiet node), send a heartbeat, so "
+                "that the server's --stream-idle-timeout does not end it (0: never)")
     p.flag("--shutdown-timeout", type=non_negative(parse_duration), default="10s", metavar="DURATION",
            help="on SIGINT/SIGTERM, the longest the collector takes to flush and wait for the "
                 "server's acks; what is left is counted as not delivered (and stays in the spool)")

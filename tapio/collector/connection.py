@@ -4,6 +4,11 @@ It is also the pump's sink: every batch goes into the delivery buffer first, and
 stream is up and the server has not paused us. Acks take batches out of the buffer; a stream
 that ends leaves its unacked batches to be sent again, in order, on the next one.
 
+A stream with nothing to send (a quiet node) sends a HEARTBEAT control after `heartbeat_interval`
+without a message, so that the server, which ends streams silent for its --stream-idle-timeout
+(15 min by default), does not cut a collector that is only quiet. gRPC's own keepalive pings do
+not count there: they prove the connection, not the collector.
+
 The transport (real: grpc_transport.GrpcTransport) is injected, so the state machine's timing
 (backoff, failover order, pause/resume) is tested on trio's fake clock.
 """
@@ -26,6 +31,9 @@ _Ack = stream_pb2.EventAck
 _Control = stream_pb2.StreamControl
 
 CONNECTING, STREAMING, BACKING_OFF, STOPPED = "connecting", "streaming", "backing off", "stopped"
+
+HEARTBEAT = stream_pb2.TapioStreamEventsRequest(
+    control=_Control(action=_Control.ACTION_HEARTBEAT)).SerializeToString()
 
 
 class BadReply(ValueError):
@@ -53,6 +61,7 @@ class DeliveryStats:
         self.batches_acked = 0
         self.duplicates_acked = 0        # batches a server already had
         self.reconnects = 0
+        self.heartbeats = 0              # sent on streams with nothing else to send
         self.bad_replies = 0             # undecodable replies (each ended its stream)
         self.pause_timeouts = 0          # streams left because a PAUSE outlasted --pause-timeout
         self.last_sent = None            # wall time of the latest send
@@ -65,6 +74,7 @@ class DeliveryStats:
             "connected": self.connected, "state": self.state, "server": self.server,
             "events_sent": self.events_sent, "batches_sent": self.batches_sent,
             "batches_acked": self.batches_acked, "reconnects": self.reconnects,
+            "heartbeats": self.heartbeats,
             "bad_replies": self.bad_replies, "pause_timeouts": self.pause_timeouts,
             "last_sent": self.last_sent, "paused": self.paused,
             "buffer_bytes": buffer.bytes, "buffer_batches": len(buffer),
@@ -115,7 +125,7 @@ class LatencyWindow:
 
 class ConnectionManager:
     def __init__(self, servers, transport, buffer, hello, backoff=None, probe_interval=5.0,
-                 pause_timeout=None):
+                 pause_timeout=None, heartbeat_interval=60.0):
         if not servers:
             raise ValueError("at least one server is needed")
         self.servers = list(servers)
@@ -125,6 +135,8 @@ class ConnectionManager:
         self.backoff = backoff or Backoff()
         self.probe_interval = probe_interval
         self.pause_timeout = pause_timeout    # seconds a PAUSE may last before we fail over; None: forever
+        self.heartbeat_interval = heartbeat_interval    # seconds without a send; None or 0: never
+        self._sent_at = 0.0                   # trio time of the latest message on the stream
         self.stats = DeliveryStats()
         self.on_configure = None              # (max_batch_size, flush_interval_s) -> None
         self.on_idle = None                   # () -> None: the last outstanding batch was acked
@@ -208,6 +220,9 @@ class ConnectionManager:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stream.read_responses)
             nursery.start_soon(self._send_loop, stream)
+            self._sent_at = trio.current_time()          # the hello
+            if self.heartbeat_interval:
+                nursery.start_soon(self._heartbeat_loop, stream)
             if index > 0:
                 nursery.start_soon(self._probe_first_server, nursery.cancel_scope)
             self._stream_failed = False
@@ -246,10 +261,20 @@ class ConnectionManager:
                 if not self.buffer.can_send(pending):
                     break           # the window is full: acks wake us again
                 stream.send(pending.data)
+                self._sent_at = trio.current_time()
                 self.buffer.sent(pending, time.monotonic())
                 self.stats.batches_sent += 1
                 self.stats.bytes_sent += len(pending.data)
                 self.stats.last_sent = time.time()
+
+    async def _heartbeat_loop(self, stream):
+        """A HEARTBEAT whenever the stream has carried nothing for heartbeat_interval."""
+        while True:
+            await trio.sleep_until(self._sent_at + self.heartbeat_interval)
+            if trio.current_time() >= self._sent_at + self.heartbeat_interval:
+                stream.send(HEARTBEAT)
+                self._sent_at = trio.current_time()
+                self.stats.heartbeats += 1
 
     async def _receive_unless_paused_too_long(self, stream):
         """The next reply; None when a PAUSE has lasted pause_timeout (replies do not extend it)."""

@@ -19,6 +19,8 @@ from tapio.http.health import add_health_routes
 from tapio.http.metrics import Families, metrics_response, new_registry
 from tapio.http.serve import HttpServer
 
+TOP_CGROUPS = 5     # cgroups with a series of their own under --cgroup-budget: bounded cardinality
+
 
 class CollectorSurface:
     """What the endpoints read: the pump (events, batches), its source (kernel drops, ring
@@ -68,6 +70,23 @@ class CollectorSurface:
         """The ledger now, with the kernel's drop counter read now (seen includes them)."""
         return self.ledger.totals(self.kernel_drops())
 
+    def budget_json(self):
+        """--cgroup-budget: its settings, what it held back, and the cgroups that held back the
+        most (None when it is off)."""
+        budget = self.pump.budget
+        if budget is None:
+            return None
+        return {**budget.stats(), "top": [
+            {"cgroup_id": cgroup_id, "cgroup": self.cgroup_name(cgroup_id), "suppressed": total,
+             "by_type": by_type} for cgroup_id, total, by_type in budget.top(TOP_CGROUPS)]}
+
+    def cgroup_name(self, cgroup_id):
+        name = getattr(self.processor, "cgroup_name", None)
+        try:
+            return name(cgroup_id) if name is not None else str(cgroup_id)
+        except Exception:       # a metric label must not fail a scrape
+            return str(cgroup_id)
+
     def processor_stats(self):
         try:
             return dict(self.processor.stats())
@@ -112,6 +131,7 @@ def stats_json(surface):
         "events_dropped": {"kernel": surface.kernel_drops(), "processor": 0,
                            "buffer": surface.sink.buffer.dropped_events if surface.streaming else 0},
         "processor": surface.processor_stats(),
+        "cgroup_budget": surface.budget_json(),
         # seen = delivered + filtered + collapsed + dropped_* + undelivered; unaccounted is 0
         "ledger": surface.ledger_totals().as_dict(),
     }
@@ -209,12 +229,32 @@ class CollectorMetrics:
                   "they went; seen = the other fates + tapio_ledger_undelivered_events",
                   ("collector", "node", "fate"))
         for fate in ("seen", "delivered", "filtered", "collapsed", "dropped_kernel",
-                     "dropped_processor", "dropped_buffer"):
+                     "dropped_processor", "dropped_buffer", "throttled"):
             f.add("tapio_ledger_events_total", getattr(ledger, fate), *who, fate)
         f.gauge("tapio_ledger_undelivered_events",
                 "Events seen whose fate is open: read and not yet batched, held in the send "
                 "buffer, or on the wire without an ack", ("collector", "node"))
         f.add("tapio_ledger_undelivered_events", ledger.undelivered, *who)
+        budget = s.pump.budget
+        if budget is not None:
+            f.counter("tapio_cgroup_throttled_events_total",
+                      "Routine events the per-cgroup budget (--cgroup-budget) held back, in all "
+                      "cgroups", ("collector", "node"))
+            f.add("tapio_cgroup_throttled_events_total", budget.suppressed, *who)
+            f.gauge("tapio_cgroup_throttled_top_events",
+                    f"Events held back so far (in throttled events sent) of the {TOP_CGROUPS} "
+                    "cgroups that held back the most, by type; the cgroup label is its "
+                    "namespace/pod/container, container, unit or path", ("collector", "node", "cgroup", "type"))
+            series = {}     # two cgroups may share a name (a unit's old and new cgroup): one series
+            for cgroup_id, _, by_type in budget.top(TOP_CGROUPS):
+                name = s.cgroup_name(cgroup_id)
+                for kind, count in by_type.items():
+                    series[name, kind] = series.get((name, kind), 0) + count
+            for (name, kind), count in series.items():
+                f.add("tapio_cgroup_throttled_top_events", count, *who, name, kind)
+            f.gauge("tapio_cgroup_budget_cgroups", "Cgroups the budget's table tracks now",
+                    ("collector", "node"))
+            f.add("tapio_cgroup_budget_cgroups", budget.throttle.cgroups, *who)
         f.counter("tapio_batches_encoded_total", "Batches the pump encoded", ("collector", "node"))
         f.add("tapio_batches_encoded_total", pump.batches, *who)
 

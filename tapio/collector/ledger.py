@@ -1,9 +1,11 @@
 """The collector's ledger: where every event it saw went.
 
     seen = delivered + filtered + collapsed + dropped_kernel + dropped_processor
-           + dropped_buffer + undelivered
+           + dropped_buffer + throttled + undelivered
 
-`seen` is what the source gave plus what the kernel dropped (ring-buffer reserve failures).
+`seen` is what the source gave plus what the kernel dropped (ring-buffer reserve failures) plus
+what the per-cgroup budget held back (--cgroup-budget: `throttled`, each of them counted in one
+`throttled` event, which is itself an event the collector made, seen and delivered like others).
 Each other term is counted where it happens: filtered and collapsed by the semantic processor
 (a collapsed event counts once for each event folded into another), delivered, dropped_buffer
 and undelivered by the sink (the send buffer, or the --output writer), undelivered also the
@@ -25,6 +27,7 @@ class Totals:
     dropped_kernel: int = 0
     dropped_processor: int = 0
     dropped_buffer: int = 0
+    throttled: int = 0
     undelivered: int = 0
 
     @property
@@ -43,13 +46,18 @@ class Ledger:
         self.sink = sink
 
     def wire(self):
-        """The running totals a batch carries: tapio.v1.Ledger's six counts, in field order
+        """The running totals a batch carries: tapio.v1.Ledger's seven counts, in field order
         (cheap: no count of what is still open)."""
         stats = self.pump.stats
         shaped = self.processor.stats()
-        return (stats.events + stats.kernel_drops, shaped.get("filtered", 0),
+        throttled = self._throttled()
+        return (stats.events + stats.kernel_drops + throttled, shaped.get("filtered", 0),
                 shaped.get("collapsed", 0), stats.kernel_drops, stats.processor_drops,
-                self.sink.ledger(open_events=False)["dropped_buffer"])
+                self.sink.ledger(open_events=False)["dropped_buffer"], throttled)
+
+    def _throttled(self):
+        budget = self.pump.budget
+        return budget.suppressed if budget is not None else 0
 
     def totals(self, kernel_drops=None):
         """Now. kernel_drops: a fresher reading of the kernel's counter than the one the pump
@@ -58,11 +66,12 @@ class Ledger:
         kernel = stats.kernel_drops if kernel_drops is None else max(kernel_drops, stats.kernel_drops)
         shaped = self.processor.stats()
         sink = self.sink.ledger()
+        throttled = self._throttled()
         return Totals(
-            seen=stats.events + kernel, delivered=sink["delivered"],
+            seen=stats.events + kernel + throttled, delivered=sink["delivered"],
             filtered=shaped.get("filtered", 0), collapsed=shaped.get("collapsed", 0),
             dropped_kernel=kernel, dropped_processor=stats.processor_drops,
-            dropped_buffer=sink["dropped_buffer"],
+            dropped_buffer=sink["dropped_buffer"], throttled=throttled,
             undelivered=sink["undelivered"] + len(self.pump.arena))
 
 
@@ -72,7 +81,8 @@ def summary(totals, spooled=False, restored=None):
     line = (f"tapio-collector: {t.seen} events seen, {t.dropped_kernel} dropped in the kernel, "
             f"{t.filtered} filtered, {t.collapsed} collapsed into repeats, {t.delivered} delivered, "
             f"{t.dropped_buffer} dropped from the send buffer, {t.dropped_processor} dropped by "
-            f"the processor, {t.undelivered} not delivered at exit"
+            f"the processor, {t.throttled} held back by the cgroup budget, {t.undelivered} not "
+            f"delivered at exit"
             + (" (kept in the spool)" if spooled and t.undelivered else ""))
     line += ("; the ledger closes" if t.unaccounted == 0
              else f"; {t.unaccounted} events are in no count (a bug: please report it)")

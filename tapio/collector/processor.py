@@ -123,6 +123,19 @@ class DualPathProcessor:
         if self.processes is not None:
             self.processes.on_exit(pid)
 
+    def cgroup_name(self, cgroup_id):
+        """A short name of a cgroup for a metric label: namespace/pod/container, the container's
+        name or id, the systemd unit, or the path; the id when nothing resolves it."""
+        context = self.contexts.context(cgroup_id) if self.contexts is not None else None
+        if context is not None:
+            if context.pod_name:
+                return "/".join(p for p in (context.namespace, context.pod_name, context.container_name) if p)
+            name = context.container_name or context.container_id[:12] or context.systemd_unit
+            if name or context.cgroup_path:
+                return name or context.cgroup_path
+        path = self.cgroup_paths.path(cgroup_id) if self.cgroup_paths is not None else None
+        return path or str(cgroup_id)
+
     # -- per round ----------------------------------------------------------------------------
     def plans(self, arena):
         """The batches this arena's events become, in sending order. A generator: the caller

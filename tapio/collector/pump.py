@@ -41,17 +41,24 @@ class PumpStats:
 class Pump:
     CONGESTION_POLL = 0.002      # seconds between looks at a congested sink
     def __init__(self, source, sink, encoder, processor, buffer_size, flush_interval,
-                 first_batch_id=None, idle_poll=1.0, read_interval=0.005):
+                 first_batch_id=None, idle_poll=1.0, read_interval=0.005, budget=None):
         """The ledger follows one path's batches (see tapio.collector.ledger): the semantic
-        one when it runs; the other path's batches are submitted with 0 events to count."""
+        one when it runs; the other path's batches are submitted with 0 events to count.
+        budget: a tapio.collector.budget.CgroupBudget (--cgroup-budget), or None."""
         self.source = source
         self.sink = sink
         self.encoder = encoder
         self.processor = processor
         self.arena = EventArena(buffer_size)
+        self.budget = budget
+        if budget is not None:
+            budget.attach(self.arena)
         self.flush_interval = flush_interval
         self.idle_poll = idle_poll
         self.read_interval = read_interval
+        # sources woken by the kernel take a promise to read again (EbpfSource.read_within);
+        # others have no use for one
+        self._promise = getattr(source, "read_within", None) or (lambda seconds: None)
         self.stats = PumpStats()
         # Batch ids start from the wall clock in microseconds by default, so that a restarted
         # collector never reuses an id the server has seen (it drops those as duplicates).
@@ -89,9 +96,9 @@ class Pump:
                 self.stats.congested += 1
                 await trio.sleep(self.CONGESTION_POLL)
                 continue
-            self.source.read_within(self.read_interval)
-            moved = self.source.fill(self.arena)
-            self.stats.events += moved
+            self._emit_throttled()
+            self._promise(self.read_interval)
+            moved = self._read()
             if self.source.exhausted:
                 self._stopping = True       # a bounded source ran out: drain and finish
                 break
@@ -117,9 +124,8 @@ class Pump:
                 else:
                     # nothing came: withdraw the promise, then look once more for events that
                     # relied on it, before waiting to be woken
-                    self.source.read_within(0)
-                    moved = self.source.fill(self.arena)
-                    self.stats.events += moved
+                    self._promise(0)
+                    moved = self._read()
                     if moved:
                         found_at = trio.current_time()
                     else:
@@ -131,12 +137,25 @@ class Pump:
             detach()
         await self.drain()
 
+    def _read(self):
+        """Fill the arena from the source; returns the records taken. Those over their cgroup's
+        budget are taken but not stored (--cgroup-budget): a throttled storm still flows, and
+        the pump keeps reading it on its interval instead of being woken for each record."""
+        held_back = self.budget.suppressed if self.budget is not None else 0
+        stored = self.source.fill(self.arena)
+        self.stats.events += stored
+        if self.budget is not None:
+            return stored + self.budget.suppressed - held_back
+        return stored
+
     async def drain(self):
         """Flush everything the source holds (bounded once it is detached: what was there, not
         what keeps coming). The kernel's drops since the latest batch go into the ledger too."""
         while True:
             moved = self.source.fill(self.arena)
             self.stats.events += moved
+            if not moved:       # the source is dry: every pending summary goes now
+                moved = self._emit_throttled(everything=True)
             if len(self.arena):
                 await self._flush()
             if not moved:
@@ -151,6 +170,15 @@ class Pump:
             data = self.encoder.encode(self.arena, self._batch_id, 0, path=self.ledger_path,
                                        kernel_drops=late, seq_range=(0, 0), ledger=self.ledger.wire())
             await self.sink.submit(self._batch_id, data, 0)
+
+    def _emit_throttled(self, everything=False):
+        """The `throttled` events that are due (or all, at the end) into the arena: once per
+        round, so a cgroup's summary leaves within about a round of its interval's end."""
+        if self.budget is None:
+            return 0
+        made = self.budget.emit(self.arena, everything)
+        self.stats.events += made
+        return made
 
     def configure(self, batch_size=None, flush_interval=None):
         """Apply a server's StreamControl CONFIGURE: the most events per batch, on both paths,

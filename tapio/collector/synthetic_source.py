@@ -48,9 +48,6 @@ class SyntheticSource:
         way a detached probe stops producing."""
         self._limit = self._due() if self.rate else self.produced
 
-    def read_within(self, seconds):
-        """Nothing to spare: wait() follows the clock, not wakeups."""
-
     def fill(self, arena):
         wanted = self._due() - self.produced
         if wanted <= 0:

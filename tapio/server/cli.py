@@ -18,6 +18,7 @@ examples:
   tapio-server --grpc-port 9090 --host 127.0.0.1 --events-out events.jsonl
   tapio-server --http-port 8080          dashboard on http://HOST:8080/, metrics on /metrics
   tapio-server --trace-export otlp --otlp-endpoint otel-collector:4317 --db /var/lib/tapio/groups.db
+  tapio-server --db postgresql://tapio@db:5432/tapio   groups and event history in PostgreSQL
   tapio-server groups --follow            print new semantic groups of the server at localhost:9090
   tapio-server events --follow --type exec,exit --comm '^sh$'
 """)
@@ -33,6 +34,9 @@ examples:
            help="largest message accepted (larger: RESOURCE_EXHAUSTED)")
     p.flag("--max-streams", type=positive(int), default=256, metavar="N",
            help="most concurrent collector streams")
+    p.flag("--max-collectors", type=positive(int), default=10000, metavar="N",
+           help="collector ids tracked at most (ids are free to invent): past it, the least "
+                "recently heard disconnected ones are forgotten; connected ones never are")
     p.flag("--ingest-queue", type=positive(int), default=256, metavar="BATCHES",
            help="decoded batches waiting for processing; past 3/4 of it collectors are paused")
     p.flag("--debug-batch-delay", type=parse_duration, default="0", metavar="DURATION",
@@ -66,12 +70,22 @@ examples:
                 "(0: 3/4 of --max-streams, so one token cannot fill the server)")
     p.flag("--correlation-config", metavar="PATH",
            help="windows and thresholds of the correlation engine (TOML, see docs/correlation.md)")
-    p.flag("--db", default="tapio.db", metavar="PATH",
-           help="SQLite file that keeps semantic groups across restarts (:memory:: kept in memory only)")
+    p.flag("--db", default="tapio.db", metavar="PATH|URL",
+           help="SQLite file that keeps semantic groups across restarts (:memory:: kept in memory "
+                "only), or postgresql://USER[:PASSWORD]@HOST:PORT/DB: groups and the event history "
+                "in PostgreSQL, shared by replicas (docs/scaling.md)")
+    p.flag("--bus", metavar="URLS",
+           help="run as one of several replicas on a NATS JetStream cluster (nats://HOST:PORT,...): "
+                "batches go through its stream, correlation runs where a node's partition is "
+                "owned; needs a postgresql:// --db (docs/scaling.md)")
+    p.flag("--replica-id", metavar="NAME",
+           help="this replica's name on the bus (default: HOSTNAME-PID)")
     p.flag("--db-retention", type=parse_duration, default="168h", metavar="DURATION",
            help="groups that ended longer ago than this are removed")
     p.flag("--db-max-groups", type=positive(int), default=100000, metavar="N",
            help="groups kept at most (the oldest go first)")
+    p.flag("--history-retention", type=parse_duration, default="24h", metavar="DURATION",
+           help="with a postgresql:// --db: events received longer ago than this leave the history")
     p.flag("--recent-events", type=positive(int), default=10000, metavar="N",
            help="recent events kept in memory per collector (queries, Subscribe backfill)")
     p.flag("--recent-events-memory", type=parse_size, default="64MiB", metavar="SIZE",
@@ -134,6 +148,15 @@ def main(argv=None):
         parser.error("--max-streams-per-token must be 0 (automatic) or more")
     if args.bind_collector_cert and not args.tls_client_ca:
         parser.error("--bind-collector-cert needs mutual TLS (--tls-client-ca)")
+    if args.bus:
+        from tapio.server.bus.replica import parse_bus
+        try:
+            parse_bus(args.bus)
+        except ValueError as e:
+            parser.error(str(e))
+        if not str(args.db).startswith(("postgresql://", "postgres://")):
+            parser.error("--bus needs a shared database: --db postgresql://USER@HOST:PORT/DB "
+                         "(replicas cannot share an SQLite file)")
     exposed = unauthenticated_exposure(args)
     if exposed:
         print(f"tapio-server: refusing to serve {' and '.join(exposed)} without authentication: "

@@ -78,7 +78,8 @@ class Match:
         types = tuple(vocab.event_type_name(vocab.event_type_number(t))
                       for t in _values(types, "event types"))
         kinds = tuple(vocab.group_kind(str(k)) for k in _values(kinds, "group kinds"))
-        pods = tuple((str(p), _compile(str(p), "pod")) for p in _values(pods, "pods", MAX_FILTERS))
+        # an empty value names no pod (as an empty container does): dropped, not compiled to None
+        pods = tuple((str(p), _compile(str(p), "pod")) for p in _values(pods, "pods", MAX_FILTERS) if p)
         return cls(types=types, pids=tuple(int(p) for p in _values(pids, "pids")),
                    comm=_compile(comm, "comm"), binary=_compile(binary, "binary"),
                    containers=tuple(str(c) for c in _values(containers, "containers") if c),

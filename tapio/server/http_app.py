@@ -3,7 +3,8 @@ dashboard, served by hypercorn inside the server's trio nursery.
 
     GET /                         the live dashboard (tapio/server/dashboard/)
     GET /healthz                  the process answers
-    GET /readyz                   gRPC serving and the trace exporter healthy (503 + why, if not)
+    GET /readyz                   gRPC serving, the trace exporter healthy and (PostgreSQL) the
+                                  database writing (503 + why, if not)
     GET /metrics                  Prometheus exposition (text, or OpenMetrics when asked for)
     GET /api/v1/stats             counters, rates by event type, drops by stage, groups by kind
     GET /api/v1/collectors        every collector seen: node, peer, connected since, rate, drops
@@ -37,6 +38,7 @@ from tapio.http.metrics import Families, metrics_response, new_registry
 from tapio.http.rates import RateSampler
 from tapio.http.serve import HttpServer
 from tapio.server.auth import ANONYMOUS, READ
+from tapio.server.store import StoreUnavailable
 from tapio.server.subscribe import in_scope, scoped_events, scoped_groups
 
 EVENT_TYPE_NAMES = tuple(sorted(name for number, name in EVENT_TYPES.items() if number))
@@ -106,9 +108,13 @@ class ServerSurface:
         return dict(self.engine.groups_opened)
 
     def group_counts(self):
+        """{kind: groups stored}; None without a store or while its database is away."""
         if self.store is None:
             return None
-        return dict(self.store.group_counts())
+        try:
+            return dict(self.store.group_counts())
+        except StoreUnavailable:
+            return None
 
 
 class ServerHttp:
@@ -167,6 +173,7 @@ def collector_json(state, rate):
         "last_seen": _iso(state.last_seen),
         "events": state.events, "events_per_second": round(rate, 3),
         "events_by_type": dict(state.events_by_type),
+        "throttled_by_type": dict(state.throttled_by_type),
         "batches": state.batches, "duplicates": state.duplicates,
         "drops": {"kernel": state.kernel_drops, "processor": state.processor_drops,
                   "buffer": state.buffer_drops},
@@ -189,6 +196,11 @@ def readiness(surface):
     else:
         ok, reason = health
         checks["exporter"] = {"ok": ok, "detail": reason or ("healthy" if ok else "unhealthy")}
+    history = getattr(surface.store, "history", None)
+    if history is not None:
+        checks["database"] = {"ok": history.available, "detail": f"PostgreSQL {history.db_path}: "
+                              + ("writing" if history.available else
+                                 "away, retrying (collectors are paused while it is)")}
     backlog = surface.ingest.backlog()
     checks["ingest"] = {"ok": True, "detail": f"{backlog} batches waiting, {surface.ingest.pauses} "
                                               "pauses asked of collectors so far"}
@@ -267,8 +279,8 @@ def build_router(surface, sampler, registry):
         }
         limit = params.integer(request, "limit", default=100, minimum=1, maximum=MAX_LIMIT)
         store = _store(surface)
-        found = await trio.to_thread.run_sync(functools.partial(
-            scoped_events, store, _namespaces(request), limit=limit, **filters))
+        found = await _read(functools.partial(scoped_events, store, _namespaces(request),
+                                              limit=limit, **filters))
         return {"events": found, "count": len(found), "limit": limit,
                 "filters": {k: v for k, v in filters.items() if v is not None}}
 
@@ -287,7 +299,7 @@ def build_router(surface, sampler, registry):
             return (scoped_groups(store, namespaces, kind=kind, since_ns=since, limit=limit + 1,
                                   before=before),
                     None if namespaces else store.group_counts())
-        found, counts = await trio.to_thread.run_sync(query)
+        found, counts = await _read(query)
         more = len(found) > limit
         found = found[:limit]
         next_url = None
@@ -304,7 +316,7 @@ def build_router(surface, sampler, registry):
         params.only(request, ())
         group_id = _group_id(request.params["group_id"], "group id")
         store = _store(surface)
-        found = await trio.to_thread.run_sync(store.group, group_id)
+        found = await _read(functools.partial(store.group, group_id))
         if found is None or not in_scope(found, _namespaces(request)):
             raise HttpError(404, f"no group {group_id!r} (it may have aged out of the store)")
         return found
@@ -344,7 +356,8 @@ def stats_json(surface, sampler):
         "acks": {"ok": ingest.batches, "duplicate": ingest.duplicates},
         "drops": _drops(surface),
         "collectors": {"connected": sum(1 for c in collectors if c.connected),
-                       "known": len(collectors)},
+                       "known": len(collectors), "max": ingest.max_collectors,
+                       "forgotten": ingest.collector_ids_forgotten},
         "ingest": {"backlog": ingest.backlog(), "pauses": ingest.pauses},
         "streams_refused": surface.auth.refused if surface.auth is not None else 0,
         "calls_denied": surface.auth.denied if surface.auth is not None else 0,
@@ -371,6 +384,14 @@ def streams_json(surface):
         "batch_ids_refused": getattr(ingest, "ids_refused", 0),
         "pause_ignored": getattr(ingest, "pause_ignored", 0),
     }
+
+
+async def _read(query):
+    """query() in a worker thread; 503 while the store's database is away."""
+    try:
+        return await trio.to_thread.run_sync(query)
+    except StoreUnavailable as e:
+        raise HttpError(503, f"the database is not reachable now: {e}", headers={"Retry-After": "5"})
 
 
 def _store(surface):
@@ -417,6 +438,9 @@ class ServerMetrics:
                   "buffer (collector send buffer full), as collectors report them; decode "
                   "(malformed messages, each counted once) and exporter (spans not delivered) "
                   "at the server", ("collector", "stage"))
+        f.counter("tapio_events_throttled_total",
+                  "Events a collector's per-cgroup budget (--cgroup-budget) held back, by type, as "
+                  "its `throttled` events report them", ("collector", "node", "type"))
         f.counter("tapio_collector_connections_total", "Streams opened by each collector",
                   ("collector", "node"))
         f.gauge("tapio_collector_connected", "1 while the collector has a stream open",
@@ -427,6 +451,8 @@ class ServerMetrics:
             who = (c.collector_id, c.node_name)
             for type_name, count in sorted(dict(c.events_by_type).items()):
                 f.add("tapio_events_received_total", count, *who, type_name)
+            for type_name, count in sorted(dict(c.throttled_by_type).items()):
+                f.add("tapio_events_throttled_total", count, *who, type_name)
             f.add("tapio_batches_received_total", c.batches, *who)
             f.add("tapio_batches_duplicate_total", c.duplicates, *who)
             f.add("tapio_events_dropped_total", c.kernel_drops, c.collector_id, "kernel")
@@ -447,8 +473,14 @@ class ServerMetrics:
         f.add("tapio_messages_malformed_total", ingest.decode_errors)
         f.gauge("tapio_collectors_connected", "Collectors with a stream open")
         f.add("tapio_collectors_connected", sum(1 for c in collectors if c.connected))
-        f.gauge("tapio_collectors_known", "Collectors seen since the server started")
+        f.gauge("tapio_collectors_known",
+                "Collector ids the server tracks: the connected ones, and the most recently heard "
+                "others up to --max-collectors")
         f.add("tapio_collectors_known", len(collectors))
+        f.counter("tapio_collector_ids_forgotten_total",
+                  "Disconnected collector ids forgotten (in every per-collector table) to stay "
+                  "within --max-collectors")
+        f.add("tapio_collector_ids_forgotten_total", ingest.collector_ids_forgotten)
         f.gauge("tapio_ingest_queue_batches", "Decoded batches waiting for the ingest engine")
         f.add("tapio_ingest_queue_batches", ingest.backlog())
         f.counter("tapio_stream_pauses_total", "Times a collector was asked to pause (backpressure)")
@@ -482,6 +514,7 @@ class ServerMetrics:
                     ("kind",))
             for kind in sorted(set(GROUP_KINDS) | set(counts)):
                 f.add("tapio_groups_stored", counts.get(kind, 0), kind)
+        if s.store is not None:
             store = s.store.stats()
             f.gauge("tapio_store_events", "Recent events kept in memory for the API")
             f.add("tapio_store_events", store.get("events_kept"))
@@ -492,6 +525,19 @@ class ServerMetrics:
             f.add("tapio_store_db_bytes", store.get("db_bytes"))
             f.counter("tapio_store_subscriber_drops_total", "Live-view items a slow subscriber missed")
             f.add("tapio_store_subscriber_drops_total", store.get("subscriber_drops"))
+            pg = store.get("postgresql")
+            if pg is not None:
+                f.gauge("tapio_store_db_available", "1 while PostgreSQL takes writes, 0 while it is away")
+                f.add("tapio_store_db_available", int(pg["available"]))
+                f.counter("tapio_store_db_errors_total", "Failed PostgreSQL connects and statements")
+                f.add("tapio_store_db_errors_total", pg["errors"])
+                f.counter("tapio_history_events_total",
+                          "Events written to the history (new), or found there already (replayed)",
+                          ("result",))
+                f.add("tapio_history_events_total", pg["events_written"], "new")
+                f.add("tapio_history_events_total", pg["events_replayed"], "replayed")
+                f.gauge("tapio_store_groups_held", "Group versions waiting for PostgreSQL to come back")
+                f.add("tapio_store_groups_held", pg["groups_held"])
         health = s.exporter_health()
         if health is not None:
             f.gauge("tapio_exporter_healthy", "1 while the trace exporter is healthy")

@@ -10,6 +10,11 @@ sending for longer than `pause_grace` after its PAUSE is ended with RESOURCE_EXH
 it cannot keep the queue full and starve the streams that paused (its collector reconnects, and
 its unacked batches come again); until then it is held back by the full queue.
 
+With a bus (`--bus`, tapio/server/bus/relay.py) the engine thread hands each batch to the relay
+instead, which publishes it to NATS JetStream and calls back `published` once JetStream has it:
+only then is the batch counted, kept and acked. While the bus is unavailable the relay holds
+ingest (`hold`): every stream is PAUSEd, and RESUMEd when the bus takes batches again (`release`).
+
 Each collector's event sequence is followed (tapio/server/sequence.py): a gap in it, or events
 the kernel dropped, is handed to the gap listeners (the correlation engine's mark_gap) before
 the batch that reveals it goes to the consumers.
@@ -20,7 +25,14 @@ microseconds of their start) plus MAX_ID_SKEW is refused with INVALID_ARGUMENT i
 remembered. One live stream per collector id: a second one replaces the first, which is ended
 with ABORTED, logged and counted (CollectorState.replaced), so two processes that claim one id
 show up instead of silently sharing its window.
+
+Collector ids are free to invent, so the ids tracked are bounded (`max_collectors`): past the
+cap, the least recently heard ids without a live stream are forgotten, here and, through the
+forget listeners, in every other table kept per collector id (the store's recent events, the
+correlation engine's state). Connected ids are never forgotten. This is the one place that
+decides; a forgotten id that comes back starts afresh.
 """
+import collections
 import json
 import logging
 import os
@@ -72,6 +84,7 @@ class CollectorState:
         self.duplicates = 0
         self.events = 0
         self.events_by_type = {}
+        self.throttled_by_type = {}          # what the collector's budget held back, by type
         self.kernel_drops = 0
         self.processor_drops = 0
         self.buffer_drops = 0
@@ -81,6 +94,7 @@ class CollectorState:
         self.replaced = 0               # streams ended because a newer one said hello as it
         self.ids_refused = 0            # batches refused: their id was far ahead of the clock
         self.sequence = SequenceTracker()    # its event sequence: gaps, and its reported ledger
+        self.forgotten = False          # dropped past --max-collectors: its queued batches too
 
     @property
     def connected(self):
@@ -165,12 +179,24 @@ class StreamSession:
 
 
 class Ingest:
+    # forgetting ids again within this many seconds is the same burst: logged once
+    FORGET_LOG_QUIET_S = 60.0
+
     def __init__(self, events_out=None, queue_batches=256, batch_delay=0.0, log_every=1000,
-                 pause_grace=5.0):
+                 pause_grace=5.0, max_collectors=10000):
         self._lock = threading.Lock()          # guards collectors and counters read by others
+        # held by the engine thread while it processes a batch, and while ids are forgotten:
+        # no consumer adds a forgotten id back
+        self._forget_lock = threading.Lock()
         self.pause_grace = pause_grace         # seconds a paused stream may go on sending
         self.pause_ignored = 0                 # streams ended for it
-        self.collectors = {}
+        self.collectors = collections.OrderedDict()     # id -> CollectorState, least recently heard first
+        self.max_collectors = max_collectors
+        self.collector_ids_forgotten = 0
+        # callables([collector ids]): drop what they keep for these ids (any thread but the
+        # engine's, never while it processes a batch)
+        self.forget_listeners = []
+        self._forgot_at = None                  # monotonic time of the latest forgetting
         self.events = 0
         self.batches = 0
         self.duplicates = 0
@@ -189,6 +215,8 @@ class Ingest:
         self._high = max(1, queue_batches * 3 // 4)
         self._low = queue_batches // 4
         self._paused = set()
+        self.relay = None                       # tapio.server.bus.relay.BusRelay, with --bus
+        self.held = None                        # why every stream is paused (the bus is down)
         self._events_out = None
         if events_out:
             self._recover_seen(events_out)
@@ -215,6 +243,7 @@ class Ingest:
             state = self.collectors.get(collector_id)
             if state is None:
                 state = self.collectors[collector_id] = CollectorState(collector_id)
+            self.collectors.move_to_end(collector_id)
             state.node_name = node_name or state.node_name
             state.version = version or state.version
             state.peer = session.peer
@@ -232,6 +261,7 @@ class Ingest:
             older.out.put((grpc.StatusCode.ABORTED, f"replaced by a newer stream for collector "
                                                     f"{collector_id!r} from {session.peer}"))
         log.info("Collector %s connected from %s", collector_id, session.peer)
+        self._forget_over_cap()
 
     def goodbye(self, session, reason):
         if session.collector is None:
@@ -242,10 +272,46 @@ class Ingest:
                 session.collector.session = None
             self._paused.discard(session)
         log.info("Collector %s disconnected: %s", session.collector.collector_id, reason)
+        self._forget_over_cap()     # the cap may have been held only by connected ids
 
-    def submit(self, session, batch):
+    def _forget_over_cap(self):
+        """Past max_collectors, forget the least recently heard ids without a live stream,
+        here and in every forget listener's table, at once."""
+        if len(self.collectors) <= self.max_collectors:
+            return
+        with self._forget_lock:
+            with self._lock:
+                excess = len(self.collectors) - self.max_collectors
+                gone = []
+                for state in self.collectors.values():
+                    if len(gone) >= excess:
+                        break
+                    if not state.connected:
+                        gone.append(state)
+                for state in gone:
+                    del self.collectors[state.collector_id]
+                    state.forgotten = True
+                self.collector_ids_forgotten += len(gone)
+            if not gone:
+                return
+            ids = [state.collector_id for state in gone]
+            for listener in self.forget_listeners:
+                try:
+                    listener(ids)
+                except Exception:
+                    log.exception("forget listener %r failed", listener)
+        now = time.monotonic()
+        if self._forgot_at is None or now - self._forgot_at > self.FORGET_LOG_QUIET_S:
+            log.warning("More than %d collector ids (--max-collectors): forgetting the least "
+                        "recently heard disconnected ones, first %r (counted in "
+                        "tapio_collector_ids_forgotten_total; said again after %gs without)",
+                        self.max_collectors, ids[0][:80], self.FORGET_LOG_QUIET_S)
+        self._forgot_at = now
+
+    def submit(self, session, batch, raw=None):
         """Queue a decoded batch (blocks while the queue is full); its ack follows on
-        session.out. False, and the stream told to end, when its id is far ahead of the clock."""
+        session.out. False, and the stream told to end, when its id is far ahead of the clock.
+        `raw`: the request bytes it was decoded from (what a bus relay publishes)."""
         limit = time.time_ns() // 1000 + MAX_ID_SKEW_US
         if batch.batch_id > limit:
             with self._lock:
@@ -265,19 +331,19 @@ class Ingest:
             session.out.put((grpc.StatusCode.RESOURCE_EXHAUSTED,
                              f"still sending {self.pause_grace:g}s after PAUSE: wait for RESUME"))
             return False
-        self._queue.put((session, batch))
-        if self._queue.qsize() >= self._high and not session.paused:
+        self._queue.put((session, batch, raw))
+        if (self.held or self._queue.qsize() >= self._high) and not session.paused:
             with self._lock:
                 session.paused_at = time.monotonic()
                 session.paused = True
                 self._paused.add(session)
                 self.pauses += 1
-            session.out.put(control_bytes(_Control.ACTION_PAUSE, "server ingest queue is full"))
+            session.out.put(control_bytes(_Control.ACTION_PAUSE, self.held or "server ingest queue is full"))
         return True
 
     def finish(self, session):
         """The stream's requests ended: END follows its last ack, in order."""
-        self._queue.put((session, None))
+        self._queue.put((session, None, None))
 
     def decode_failed(self):
         with self._lock:
@@ -298,39 +364,82 @@ class Ingest:
     # -- the engine thread ---------------------------------------------------------------------
     def _engine(self):
         while True:
-            session, batch = self._queue.get()
+            session, batch, raw = self._queue.get()
             try:
                 if session is None:
                     return
                 if batch is None:
-                    session.out.put(StreamSession.END)
+                    if self.relay is not None:
+                        self.relay.end(session)
+                    else:
+                        session.out.put(StreamSession.END)
                     continue
                 if self.batch_delay:
                     time.sleep(self.batch_delay)
-                state = session.collector
-                gaps = self._accept(state, batch)
-                if gaps is not None:
-                    for gap in gaps:
-                        self._on_gap(state, gap)
-                    for consume in self.consumers:
-                        try:
-                            consume(batch, state)
-                        except Exception:
-                            log.exception("consumer %r failed on a batch from %s", consume,
-                                          state.collector_id)
-                    session.out.put(ack_bytes(batch.batch_id, _Ack.STATUS_OK, len(batch)))
+                if self.relay is not None:
+                    self.relay.publish(session, batch, raw)
                 else:
-                    session.out.put(ack_bytes(batch.batch_id, _Ack.STATUS_DUPLICATE, 0, "already received"))
-                if self._paused and self._queue.qsize() <= self._low:
-                    self._resume_all()
+                    self.published(session, batch)
             finally:
+                # after whatever left the queue, a stream's end too: when the last items before
+                # the low-water mark are the ends of streams cut for flooding, the streams they
+                # paused must still hear RESUME
+                if self._paused and not self.held and self._queue.qsize() <= self._low:
+                    self._resume_all()
                 self._queue.task_done()
+
+    def published(self, session, batch, duplicate=False):
+        """Process a batch and ack it (the engine thread; with a bus, the relay's acker thread
+        once JetStream has it, `duplicate` when JetStream had its id already)."""
+        state = session.collector
+        with self._forget_lock:
+            if state.forgotten:
+                # queued by a stream gone since: not acked, its collector sends it again
+                return
+            gaps = None if duplicate else self._accept(state, batch)
+            if gaps is not None:
+                for gap in gaps:
+                    self._on_gap(state, gap)
+                for consume in self.consumers:
+                    try:
+                        consume(batch, state)
+                    except Exception:
+                        log.exception("consumer %r failed on a batch from %s", consume,
+                                      state.collector_id)
+        if gaps is not None:
+            session.out.put(ack_bytes(batch.batch_id, _Ack.STATUS_OK, len(batch)))
+        else:
+            session.out.put(ack_bytes(batch.batch_id, _Ack.STATUS_DUPLICATE, 0, "already received"))
+
+    def stream_done(self, session):
+        session.out.put(StreamSession.END)
+
+    def hold(self, reason):
+        """PAUSE every stream until release(): what they would send cannot be taken now."""
+        now = time.monotonic()
+        with self._lock:
+            self.held = reason
+            sessions = [c.session for c in self.collectors.values()
+                        if c.session is not None and not c.session.paused]
+            for session in sessions:
+                session.paused = True
+                session.paused_at = now
+                self._paused.add(session)
+                self.pauses += 1
+        for session in sessions:
+            session.out.put(control_bytes(_Control.ACTION_PAUSE, reason))
+
+    def release(self):
+        with self._lock:
+            self.held = None
+        self._resume_all()
 
     def _accept(self, state, batch):
         """None for a duplicate; else the gaps the batch reveals (usually none)."""
         n = len(batch)
         first_ns, last_ns = _time_range(batch)
         with self._lock:
+            self.collectors.move_to_end(state.collector_id)     # heard from just now
             if batch.batch_id and not state.seen.add(batch.batch_id):
                 state.duplicates += 1
                 self.duplicates += 1
@@ -346,8 +455,12 @@ class Ingest:
             state.processor_drops += batch.processor_drops
             state.buffer_drops += batch.buffer_drops
             state.last_seen = time.time()
-            for type_name, count in batch.type_counts().items():
+            counts = batch.type_counts()
+            for type_name, count in counts.items():
                 state.events_by_type[type_name] = state.events_by_type.get(type_name, 0) + count
+            if "throttled" in counts:
+                for type_name, count in batch.throttled_counts().items():
+                    state.throttled_by_type[type_name] = state.throttled_by_type.get(type_name, 0) + count
             if n:
                 state.last_event_id = batch.event_id(n - 1)
             self.batches += 1
@@ -381,7 +494,7 @@ class Ingest:
 
     def close(self):
         """Stop the engine after what is queued, and close the archive."""
-        self._queue.put((None, None))
+        self._queue.put((None, None, None))
         self._thread.join(10)
         if self._events_out is not None:
             self._events_out.close()

@@ -21,7 +21,7 @@ REASON_SEQUENCE = "sequence"    # events the collector read that never arrived h
 REASON_KERNEL = "kernel"        # events the kernel dropped before the collector read them
 
 LEDGER_FIELDS = ("seen", "filtered", "collapsed", "dropped_kernel", "dropped_processor",
-                 "dropped_buffer")
+                 "dropped_buffer", "throttled")
 
 class Gap(collections.namedtuple("Gap", "first_seq last_seq events start_ns end_ns reason")):
     __slots__ = ()

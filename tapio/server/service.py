@@ -166,7 +166,7 @@ class TapioService:
                                          f"a batch of collector {msg.collector_id[:80]!r} on the stream "
                                          f"of {session.collector.collector_id!r}: one stream, one collector"))
                         return
-                    if not self.ingest.submit(session, msg):
+                    if not self.ingest.submit(session, msg, raw):
                         return
         except grpc.RpcError:
             return          # the client went away; the handler thread sees the call end too

@@ -25,6 +25,7 @@ import grpc
 from tapio import vocab
 from tapio.server.auth import READ, Auth
 from tapio.server.filters import Filter, Match
+from tapio.server.store import StoreUnavailable
 from tapio.v1 import query_pb2, query_pb2_grpc
 
 log = logging.getLogger("tapio.server")
@@ -38,6 +39,16 @@ QUEUE_BYTES = 8 << 20                # what may wait for one subscriber
 MAX_SUBSCRIBERS = 64
 MAX_SUBSCRIBERS_PER_TOKEN = 16
 GROUP_PAGES = 20                     # pages of 200 groups looked at for one scoped answer
+
+
+def _store_errors(method):
+    """A unary query method whose store's database is away answers UNAVAILABLE (try again)."""
+    def call(request, context):
+        try:
+            return method(request, context)
+        except StoreUnavailable as e:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"the database is not reachable now: {e}")
+    return call
 
 
 def group_message(g, with_events=False):
@@ -140,13 +151,13 @@ class QueryService(query_pb2_grpc.TapioQueryServicer):
                 self.Subscribe, request_deserializer=query_pb2.SubscribeRequest.FromString,
                 response_serializer=_identity),
             "ListGroups": grpc.unary_unary_rpc_method_handler(
-                self.ListGroups, request_deserializer=query_pb2.ListGroupsRequest.FromString,
+                _store_errors(self.ListGroups), request_deserializer=query_pb2.ListGroupsRequest.FromString,
                 response_serializer=query_pb2.ListGroupsResponse.SerializeToString),
             "GetGroup": grpc.unary_unary_rpc_method_handler(
-                self.GetGroup, request_deserializer=query_pb2.GetGroupRequest.FromString,
+                _store_errors(self.GetGroup), request_deserializer=query_pb2.GetGroupRequest.FromString,
                 response_serializer=query_pb2.SemanticGroup.SerializeToString),
             "ListEvents": grpc.unary_unary_rpc_method_handler(
-                self.ListEvents, request_deserializer=query_pb2.ListEventsRequest.FromString,
+                _store_errors(self.ListEvents), request_deserializer=query_pb2.ListEventsRequest.FromString,
                 response_serializer=_identity),
         })
 
@@ -209,7 +220,11 @@ class QueryService(query_pb2_grpc.TapioQueryServicer):
         log.info("Subscribe from %s (%s%s)", context.peer(), "events" if events else "",
                  (" and " if events and groups else "") + ("groups" if groups else ""))
         try:
-            for response in self._backfill(request, flt, events, groups):
+            try:
+                backfill = self._backfill(request, flt, events, groups)
+            except StoreUnavailable as e:
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"the database is not reachable now: {e}")
+            for response in backfill:
                 yield response
             while context.is_active():
                 item = sub.get(timeout=0.5)

@@ -41,10 +41,11 @@ not silently keep a default). docs/correlation.md describes each rule; the defau
     signals = ["SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP"]
     grace = "2s"               # wait this long for the exit after the signal
 
-    [limits]                   # per collector
+    [limits]                   # per collector (recent_memory: over all of them)
     max_processes = 65536      # process table
     max_destinations = 16384   # connection table
     recent_events = 50000      # events kept (by batch) so that groups can show them in full
+    recent_memory = "128MiB"   # ... and the memory those batches take, over all collectors
     max_group_events = 200     # events kept in full per group (all are counted, ids up to 1000)
     tick = "250ms"             # how often time-based closes are checked
     keep_closed = "5m"         # closed groups kept this long, to be marked incomplete by a gap
@@ -55,7 +56,7 @@ import dataclasses
 import signal
 import tomllib
 
-from tapio.flags import ConfigError, parse_duration
+from tapio.flags import ConfigError, parse_duration, parse_size
 from tapio.v1 import events_pb2
 
 
@@ -110,6 +111,7 @@ class LimitsConfig:
     max_processes: int = 65536
     max_destinations: int = 16384
     recent_events: int = 50000
+    recent_memory: int = 128 << 20      # bytes, over every collector's recent batches
     max_group_events: int = 200
     tick: float = 0.25
     keep_closed: float = 300.0
@@ -166,6 +168,16 @@ def _check(section, key, value, default, where):
         if key in ("window", "tick", "max_duration", "max_clock_skew") and seconds <= 0:
             raise ConfigError(f"{where}: must be greater than zero")
         return seconds
+    if key == "recent_memory":
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where}: {value!r} is not a size (bytes, or like \"128MiB\")")
+        try:
+            size = parse_size(value) if isinstance(value, str) else value
+        except Exception as e:   # argparse.ArgumentTypeError
+            raise ConfigError(f"{where}: {e}") from None
+        if size <= 0:
+            raise ConfigError(f"{where}: must be greater than zero")
+        return size
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: {value!r} is not true or false")

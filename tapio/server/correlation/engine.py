@@ -9,6 +9,9 @@ Groups go to `on_group(group_dict, closed)`: once when they open (a crash loop, 
 connectivity degradation: the store shows them while they grow), again when they change, and a
 last time when they close (closed=True: the store's final version, and the trace to export).
 
+`forget(collector_ids)` drops the state of collectors the server stopped tracking (ingest's cap on
+collector ids), closing their open groups first.
+
 `mark_gap(collector_id, start_ns, end_ns, reason)` says that the collector lost events in that
 window (a gap in its sequence, kernel drops): every group of it whose window overlaps the gap, open
 or closed within [limits] keep_closed, is marked incomplete and sent again (closed=False for one
@@ -25,6 +28,7 @@ import threading
 import time
 
 from tapio.server.correlation.config import CorrelationConfig
+from tapio.server.correlation.recent import RecentBytes
 from tapio.server.correlation.rules import RULES
 from tapio.server.correlation.state import CollectorState
 
@@ -40,6 +44,8 @@ class CorrelationEngine:
         self.rules = tuple(rules)
         self._lock = threading.Lock()
         self._collectors = {}
+        # the memory every collector's recent batches may take together ([limits] recent_memory)
+        self.recent_budget = RecentBytes(self.config.limits.recent_memory)
         self.groups_opened = collections.Counter()
         self.groups_closed = collections.Counter()
         self.trees_rate_limited = 0
@@ -83,6 +89,25 @@ class CorrelationEngine:
             self.gaps_marked += 1
             self.groups_marked_incomplete += marked
         return marked
+
+    def forget(self, collector_ids):
+        """The ingest forget listener: drop the state of collector ids the server no longer
+        tracks, after closing their open groups (their last version is stored and exported)."""
+        with self._lock:
+            for collector_id in collector_ids:
+                collector = self._collectors.pop(collector_id, None)
+                if collector is None:
+                    continue
+                try:
+                    collector.tick(True)
+                except Exception:
+                    log.exception("closing the groups of forgotten collector %s failed", collector_id)
+                collector.recent.clear()
+
+    def collectors(self):
+        """How many collector ids the engine keeps state for."""
+        with self._lock:
+            return len(self._collectors)
 
     def tick(self, force=False):
         """Close what is due (the timer does this); with force, close everything now."""
@@ -129,6 +154,8 @@ class CorrelationEngine:
             "sink_errors": self.sink_errors,
             "gaps_marked": self.gaps_marked,
             "groups_marked_incomplete": self.groups_marked_incomplete,
+            "recent_bytes": self.recent_budget.nbytes,
+            "recent_max_bytes": self.recent_budget.max_bytes,
         }
 
 

@@ -20,7 +20,7 @@ API all read the same shape):
                    attributes["gaps"] ({"start_ns", "end_ns", "reason"}, the first 10),
      "events": the events in full (the first `max_group_events`), when asked for}
 """
-import secrets
+import hashlib
 import signal as _signal
 
 from tapio.vocab import GROUP_KINDS
@@ -33,6 +33,17 @@ def bound_ns(ns):
     """A timestamp within what SQLite, OTel and the C tables hold: 0 to 2^63-1."""
     return min(max(int(ns or 0), 0), INT64_MAX)
 
+
+
+def group_id(collector_id, kind, start_ns, ordinal=0):
+    """32 hex digits made from what opened the group: its collector, kind, first event time and
+    how many groups of that kind and time the collector's state made before (`ordinal`). The same
+    events give the same id, so a replica that replays a node's events after taking it over
+    (tapio/server/bus) updates the groups the previous owner stored instead of adding copies."""
+    key = f"{collector_id}\0{kind}\0{int(start_ns or 0)}\0{int(ordinal)}".encode()
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
+
+
 SUBJECT_KEYS = ("pid", "comm", "executable", "container_id", "container_name", "pod_uid",
                 "pod_name", "namespace", "systemd_unit")
 
@@ -40,12 +51,12 @@ SUBJECT_KEYS = ("pid", "comm", "executable", "container_id", "container_name", "
 class Group:
     """A group while the engine builds it."""
 
-    def __init__(self, kind, collector_id, node, start_ns, max_events=200, clamp=bound_ns):
+    def __init__(self, kind, collector_id, node, start_ns, max_events=200, clamp=bound_ns, ordinal=0):
         # every time the group takes goes through `clamp` (the collector's clock bound: the
         # server's time plus the allowed skew), so no event time can put it out of range
         self._clamp = clamp
         start_ns = clamp(start_ns) if start_ns else start_ns
-        self.id = secrets.token_hex(16)
+        self.id = group_id(collector_id, kind, start_ns, ordinal)
         self.kind = kind
         self.intent = GROUP_KINDS[kind]
         self.severity = "info"

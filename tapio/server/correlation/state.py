@@ -84,17 +84,25 @@ class CollectorState:
                 else:
                     options[key] = value
         self.core = Correlator(**options)
-        self.recent = RecentBatches(cfg.limits.recent_events)
+        self.recent = RecentBatches(cfg.limits.recent_events, getattr(engine, "recent_budget", None))
         self.clock = CollectorClock(engine.monotonic, int(cfg.limits.max_clock_skew * SEC))
         self.priority = collections.deque(maxlen=512)   # recent hot events, for late linking
         self.hot_events = 0
         self.gaps = collections.deque(maxlen=MAX_GAPS)  # (start_ns, end_ns, reason)
         self.closed = collections.deque()               # (monotonic ns when closed, Group)
+        self._opened_at = {}                            # (kind, start_ns) -> groups made so far
 
     # -- groups ---------------------------------------------------------------------------------
     def new_group(self, kind, start_ns):
+        # groups of one kind opened at one instant are told apart by their order: replayed
+        # events make them again in the same order, with the same ids (groups.group_id)
+        key = (kind, start_ns)
+        ordinal = self._opened_at.get(key, 0)
+        self._opened_at[key] = ordinal + 1
+        if len(self._opened_at) > 4096:
+            self._opened_at.pop(next(iter(self._opened_at)))
         return Group(kind, self.collector_id, self.node, start_ns, self.config.limits.max_group_events,
-                     clamp=self.clock.clamp)
+                     clamp=self.clock.clamp, ordinal=ordinal)
 
     def open(self, group):
         """A new group, stored while it grows."""

@@ -294,6 +294,8 @@ function eventDetail(e) {
     case "exit": return d.signal ? `killed by ${d.signal_name || d.signal}${d.core_dumped ? " (core dumped)" : ""}` : `exit code ${d.exit_code}`;
     case "signal": return `${d.signal_name || d.signal} from pid ${d.sender_pid} (${d.sender_comm || "?"})`;
     case "oom_kill": return `killed by the OOM killer in ${d.memcg_name || "?"}${d.memcg_limit_bytes ? `, limit ${count(d.memcg_limit_bytes)} B` : ""}`;
+    case "throttled": return "held back by the cgroup budget: " + ["exec", "tcp_connect", "tcp_accept", "tcp_close"]
+      .filter((t) => d[t]).map((t) => `${count(d[t])} ${t}`).join(", ");
     default:
       if (e.type && e.type.startsWith("tcp")) {
         const result = d.result && d.result !== "ok" ? ` ${d.result}` : "";

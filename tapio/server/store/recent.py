@@ -65,9 +65,13 @@ class RecentEvents:
                 # each ring is the order's subsequence of one collector: its head is this one
                 self._rings[oldest.collector].popleft()
                 self._evict(oldest)
-            if self._evicted_in_order > 64 and self._evicted_in_order > len(self._order) // 2:
-                self._order = collections.deque(k for k in self._order if k.batch is not None)
-                self._evicted_in_order = 0
+            self._compact()
+
+    def _compact(self):
+        """Drop the evicted from the arrival order once they are half of it."""
+        if self._evicted_in_order > 64 and self._evicted_in_order > len(self._order) // 2:
+            self._order = collections.deque(k for k in self._order if k.batch is not None)
+            self._evicted_in_order = 0
 
     def _evict(self, kept):
         self._ring_events[kept.collector] -= kept.events
@@ -78,6 +82,17 @@ class RecentEvents:
         self.nbytes -= kept.nbytes
         self.batches_evicted += 1
         kept.batch = None
+
+    def forget(self, collectors):
+        """Drop every batch of these collector ids (forgotten past --max-collectors)."""
+        with self._lock:
+            for collector in collectors:
+                for kept in list(self._rings.get(collector, ())):
+                    self._evict(kept)
+                    self._evicted_in_order += 1
+                self._rings.pop(collector, None)
+                self._ring_events.pop(collector, None)
+            self._compact()
 
     def find(self, *, type_number=0, pid=0, comm=None, container=None, collector=None, limit=100):
         """[(batch, index, collector id)] of the matching events, newest first, at most `limit`:
