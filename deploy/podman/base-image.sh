@@ -32,10 +32,13 @@ exec 9>"$cache/base-$key.lock"
 flock 9
 if ! podman image exists "$tag"; then
     tar=$cache/base-$key.tar
-    if [ ! -s "$tar" ]; then
+    if [ ! -f "$tar" ] || [ ! -s "$tar" ]; then
         echo "base-image.sh: mmdebstrap $SUITE ($PACKAGES) -> $tar" >&2
-        rm -f "$tar.part"
-        mmdebstrap --quiet --variant="$VARIANT" --include="$PACKAGES" "$SUITE" "$tar.part" >&2
+        # a directory where the tarball belongs is what an older version of this script left
+        rm -rf "$tar" "$tar.part"
+        # --format: mmdebstrap tells the format by the target's name, and "*.part" is none it
+        # knows (it would make a directory)
+        mmdebstrap --quiet --format=tar --variant="$VARIANT" --include="$PACKAGES" "$SUITE" "$tar.part" >&2
         mv "$tar.part" "$tar"
     fi
     podman import --quiet "$tar" "$tag" >/dev/null
