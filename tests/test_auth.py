@@ -76,6 +76,11 @@ def test_rights_and_collector_ids():
     assert "reader token" in reader.refusal("node-a")
     assert admin.refusal("anything") is None
     assert "1 to 256 characters" in admin.refusal("x" * 257)
+    # an id that is another only by spaces or control characters, which NATS headers trim or
+    # replace: refused, so no stream can reach a real collector's dedupe window that way
+    for twin in ("node-a ", " node-a", "node-a\n", "node-a\r\n", "node\x00a", "node-a\t"):
+        assert "no control characters" in admin.refusal(twin), repr(twin)
+    assert admin.refusal("node a") is None
     # bound to a client certificate: the id must be one of its names
     assert admin.refusal("node-a", {"node-a", "node-a.example"}) is None
     assert "not a name of the client certificate" in admin.refusal("node-b", {"node-a"})

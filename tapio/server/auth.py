@@ -57,6 +57,10 @@ class Principal:
             return f"{self.label} is a {self.role} token: it may not stream events"
         if not collector_id or len(collector_id) > MAX_COLLECTOR_ID:
             return f"collector id must be 1 to {MAX_COLLECTOR_ID} characters"
+        if collector_id != collector_id.strip() or not collector_id.isprintable():
+            # "node-1 " or "node-1\n" would be another id here and the same one wherever spaces
+            # are trimmed or control characters replaced (NATS headers): a way into its window
+            return "collector id must have no control characters and no leading or trailing spaces"
         if self.collectors and not any(fnmatch.fnmatchcase(collector_id, g) for g in self.collectors):
             return (f"{self.label} may not stream as collector {collector_id[:80]!r} "
                     f"(it may as {', '.join(self.collectors)})")
