@@ -82,6 +82,27 @@ def non_negative(kind):
     return parse
 
 
+def at_most(limit, kind, unit=""):
+    """`kind`, between 0 and `limit` (a bound that keeps the value meaningful downstream)."""
+    def parse(text):
+        value = non_negative(kind)(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{text!r} is more than {limit:g}{unit}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def matching(pattern, what):
+    """A string that fully matches `pattern` (a compiled regex); `what` says what it must be."""
+    def parse(text):
+        if not pattern.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"{text[:80]!r} is not {what}")
+        return text
+    parse.__name__ = "str"
+    return parse
+
+
 def choice(*options):
     def parse(text):
         value = str(text).strip().lower()

@@ -8,7 +8,7 @@ import sys
 
 from tapio import __version__, logs
 from tapio.collector.budget import parse_budget, parse_burst
-from tapio.flags import (ConfigError, FlagParser, choice, parse_duration, parse_size, positive, non_negative,
+from tapio.flags import (ConfigError, FlagParser, at_most, choice, parse_duration, parse_size, positive, non_negative,
                          port)
 
 log = logging.getLogger("tapio.collector")
@@ -94,9 +94,10 @@ examples:
            help="most events per semantic batch")
     p.flag("--flush-interval", type=non_negative(parse_duration), default="1s", metavar="DURATION",
            help="longest time an event waits for its batch while one is in flight")
-    p.flag("--read-interval", type=non_negative(parse_duration), default="5ms", metavar="DURATION",
+    p.flag("--read-interval", type=at_most(1.0, parse_duration, "s"), default="5ms", metavar="DURATION",
            help="while events flow, read the kernel once per this interval (a lone event is read "
-                "at once); the kernel wakes the collector at most once per interval. 0: at every event")
+                "at once); the kernel wakes the collector at most once per interval. 0: at every event; "
+                "at most 1s (a longer wait lets the ring buffer overflow)")
     p.flag("--worker-count", type=positive(int), default=4, metavar="N",
            help="accepted for compatibility with the original; per-event work is C in one thread")
     p.flag("--exclude-comm", type=comma_list, default="", metavar="COMM[,COMM...]",

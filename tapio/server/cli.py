@@ -2,12 +2,17 @@
 import argparse
 import ipaddress
 import logging
+import re
 import sys
 
 from tapio import __version__, logs
-from tapio.flags import ConfigError, FlagParser, choice, parse_duration, parse_size, port, positive
+from tapio.flags import (ConfigError, FlagParser, choice, matching, parse_duration, parse_size, port,
+                         positive)
 
 log = logging.getLogger("tapio.server")
+
+# a replica's name becomes part of NATS consumer and key names: two different names must stay two
+REPLICA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def build_parser():
@@ -78,8 +83,9 @@ examples:
            help="run as one of several replicas on a NATS JetStream cluster (nats://HOST:PORT,...): "
                 "batches go through its stream, correlation runs where a node's partition is "
                 "owned; needs a postgresql:// --db (docs/scaling.md)")
-    p.flag("--replica-id", metavar="NAME",
-           help="this replica's name on the bus (default: HOSTNAME-PID)")
+    p.flag("--replica-id", metavar="NAME", type=matching(REPLICA_ID, "1 to 64 of A-Z a-z 0-9 _ -"),
+           help="this replica's name on the bus, 1 to 64 of A-Z a-z 0-9 _ - (default: "
+                "HOSTNAME-PID); it names its consumers and heartbeat, so two replicas must differ")
     p.flag("--db-retention", type=parse_duration, default="168h", metavar="DURATION",
            help="groups that ended longer ago than this are removed")
     p.flag("--db-max-groups", type=positive(int), default=100000, metavar="N",

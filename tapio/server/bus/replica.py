@@ -2,6 +2,7 @@
 fan-out, started and stopped as one (tapio/server/app.py, with --bus)."""
 import logging
 import os
+import re
 import socket
 import time
 import types
@@ -23,7 +24,9 @@ STREAM_MAX_AGE = 24 * 3600      # seconds of events the stream keeps (replay nee
 
 
 def default_replica_id():
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """HOSTNAME-PID in the characters --replica-id allows (a host name may have dots)."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:50]
+    return f"{host}-{os.getpid()}"
 
 
 def parse_bus(text):
