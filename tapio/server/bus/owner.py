@@ -183,12 +183,19 @@ class Owner:
             return None           # someone else was faster
 
     async def _take(self, number, revision):
+        from nats.js import errors
         start = 1
         try:
             entry = await self.checkpoints.get(f"p{number:02d}")
             start = max(1, int(entry.value or b"1"))
-        except Exception:
+        except (errors.KeyNotFoundError, errors.KeyDeletedError):
             pass                  # no checkpoint yet: from the start of the stream
+        except Exception as e:
+            # not "none": replaying the whole stream would correlate a day of events again.
+            # Not taken; the lease, not renewed, lapses and this or another replica tries again
+            log.warning("Bus: partition p%02d not taken, its checkpoint unreadable: %s", number,
+                        str(e) or type(e).__name__)
+            return
         part = _Partition(number, revision, start)
         self.owned[number] = part
         self.taken += 1
