@@ -131,7 +131,7 @@ def connect(ingest, store, correlation, replica=None):
         if replica is None:
             # each batch is in the history before it is acked (record_batch waits for the
             # database: meanwhile the ingest queue fills and collectors are PAUSEd)
-            ingest.consumers.append(store.record_batch)
+            ingest.recorders.append(store.record_batch)
     ingest.consumers.append(store.add_batch)
     ingest.forget_listeners.append(store.forget_collectors)
     if replica is None:

@@ -205,6 +205,10 @@ class Ingest:
         self.replaced = 0                       # streams replaced by a newer one of the same id
         self.ids_refused = 0                    # batches refused for an id far ahead
         self.consumers = []                     # callables(batch, collector_state), engine thread
+        # callables(batch, collector_state) that must succeed before a batch is acked (the
+        # history): they run before the batch counts as received, duplicates too (they are
+        # idempotent), and one that raises leaves the batch unacked and its stream ended
+        self.recorders = []
         # callables(collector_id, start_ns, end_ns, reason text), engine thread, before the
         # consumers
         self.gap_listeners = []
@@ -380,6 +384,11 @@ class Ingest:
                     self.relay.publish(session, batch, raw)
                 else:
                     self.published(session, batch)
+            except Exception:
+                # the engine thread must outlive any one batch: it acks every stream
+                log.exception("Ingest: a batch from %s failed: ending its stream",
+                              session.collector.collector_id)
+                self.stream_done(session)
             finally:
                 # after whatever left the queue, a stream's end too: when the last items before
                 # the low-water mark are the ends of streams cut for flooding, the streams they
@@ -388,15 +397,19 @@ class Ingest:
                     self._resume_all()
                 self._queue.task_done()
 
-    def published(self, session, batch, duplicate=False):
+    def published(self, session, batch):
         """Process a batch and ack it (the engine thread; with a bus, the relay's acker thread
-        once JetStream has it, `duplicate` when JetStream had its id already)."""
+        once JetStream has it). A batch JetStream already had (a re-send after a timeout, or to
+        another replica) is still seen by this replica's sequence tracker, or the range it
+        covers would read as a gap."""
         state = session.collector
         with self._forget_lock:
             if state.forgotten:
                 # queued by a stream gone since: not acked, its collector sends it again
                 return
-            gaps = None if duplicate else self._accept(state, batch)
+            for record in self.recorders:
+                record(batch, state)
+            gaps = self._accept(state, batch)
             if gaps is not None:
                 for gap in gaps:
                     self._on_gap(state, gap)

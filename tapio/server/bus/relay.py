@@ -63,6 +63,11 @@ class BusRelay:
                 if item[0] is None:
                     return
                 self._settle(*item)
+            except Exception:
+                # one batch's failure ends its stream (the collector sends it again on the
+                # next), never this thread: without it no stream would hear an ack again
+                log.exception("Bus: a batch could not be settled: ending its stream")
+                self.ingest.stream_done(item[0])
             finally:
                 self._inflight.task_done()
 
@@ -77,7 +82,7 @@ class BusRelay:
         self.published += 1
         if ack.duplicate:
             self.duplicates += 1
-        self.ingest.published(session, batch, duplicate=ack.duplicate)
+        self.ingest.published(session, batch)
 
     def wait_idle(self, timeout):
         """Until every batch handed over is acked (bounded); True when they all were."""
