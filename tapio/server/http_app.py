@@ -198,9 +198,11 @@ def readiness(surface):
         checks["exporter"] = {"ok": ok, "detail": reason or ("healthy" if ok else "unhealthy")}
     history = getattr(surface.store, "history", None)
     if history is not None:
+        meanwhile = ("JetStream keeps taking batches; the history catches up after"
+                     if getattr(surface.ingest, "relay", None) is not None
+                     else "collectors are paused while it is")
         checks["database"] = {"ok": history.available, "detail": f"PostgreSQL {history.db_path}: "
-                              + ("writing" if history.available else
-                                 "away, retrying (collectors are paused while it is)")}
+                              + ("writing" if history.available else f"away, retrying ({meanwhile})")}
     backlog = surface.ingest.backlog()
     checks["ingest"] = {"ok": True, "detail": f"{backlog} batches waiting, {surface.ingest.pauses} "
                                               "pauses asked of collectors so far"}
