@@ -38,6 +38,18 @@ def _json(value):
     return json.dumps(value, separators=(",", ":"))
 
 
+def group_row(group, max_events, now_ns):
+    """(the group without its events, the stored row) of an engine group dict, with "events" when
+    it has them: id, kind, status, severity, start_ns, end_ns, collector_id, body JSON, events
+    JSON (at most `max_events`), updated_at_ns. The row of both the SQLite and PostgreSQL stores."""
+    events = group.get("events") or []
+    body = {k: v for k, v in group.items() if k != "events"}
+    return body, (group["id"], group["kind"], group.get("status", "closed"),
+                  group.get("severity", "info"), int(group.get("start_ns") or 0),
+                  int(group.get("end_ns") or 0), group.get("collector_id") or "", _json(body),
+                  _json(events[:max_events]), now_ns)
+
+
 class GroupStore:
     def __init__(self, db_path=None, *, retention_s=7 * 86400, max_groups=100_000,
                  max_group_events=200):
@@ -80,13 +92,7 @@ class GroupStore:
         """Insert or update a group (its latest version wins); returns (the group without its
         events, the size in bytes of its stored JSON body). `group` is the engine's dict, with
         "events" when it has them."""
-        events = group.get("events") or []
-        body = {k: v for k, v in group.items() if k != "events"}
-        body_json = _json(body)
-        row = (group["id"], group["kind"], group.get("status", "closed"), group.get("severity", "info"),
-               int(group.get("start_ns") or 0), int(group.get("end_ns") or 0),
-               group.get("collector_id") or "", body_json,
-               _json(events[: self.max_group_events]), now_ns)
+        body, row = group_row(group, self.max_group_events, now_ns)
         with self._lock:
             self._db.execute(
                 "INSERT INTO groups (id, kind, status, severity, start_ns, end_ns, collector_id, body,"
@@ -98,7 +104,7 @@ class GroupStore:
             self._writes_since_retention += 1
             if self._writes_since_retention >= RETAIN_EVERY:
                 self._retain_locked(now_ns)
-        return body, len(body_json)
+        return body, len(row[7])
 
     def retain(self, now_ns):
         with self._lock:

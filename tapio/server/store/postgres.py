@@ -33,6 +33,7 @@ import psycopg
 
 from tapio._fast.history import COPY_HEADER, COPY_TRAILER, HISTORY_COLUMNS, copy_rows
 from tapio.server.store import StoreUnavailable
+from tapio.server.store.groups import group_row
 
 log = logging.getLogger("tapio.server.store")
 
@@ -121,10 +122,6 @@ def redacted(dsn):
 def one_line(error):
     """A psycopg error as one line (libpq's messages span several)."""
     return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
-
-
-def _json(value):
-    return json.dumps(value, separators=(",", ":"))
 
 
 class PostgresStore:
@@ -241,13 +238,7 @@ class PostgresStore:
         """Insert or update a group (its latest version wins); returns (the group without its
         events, the size in bytes of its stored JSON body). Never blocks on a missing database:
         the version is held and written with the next write that works."""
-        events = group.get("events") or []
-        body = {k: v for k, v in group.items() if k != "events"}
-        body_json = _json(body)
-        row = (group["id"], group["kind"], group.get("status", "closed"), group.get("severity", "info"),
-               int(group.get("start_ns") or 0), int(group.get("end_ns") or 0),
-               group.get("collector_id") or "", body_json,
-               _json(events[: self.max_group_events]), now_ns)
+        body, row = group_row(group, self.max_group_events, now_ns)
         with self._write_lock:
             self._pending.pop(row[0], None)
             self._pending[row[0]] = row
@@ -258,7 +249,7 @@ class PostgresStore:
             self._write("a group", lambda conn: self._retain_maybe(conn, now_ns), block=False)
         except StoreUnavailable:
             pass            # held in _pending
-        return body, len(body_json)
+        return body, len(row[7])
 
     def _flush_pending(self):
         """Write the held group versions (under the write lock). A version PostgreSQL refuses
