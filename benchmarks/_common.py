@@ -55,3 +55,16 @@ def write_json(path, report):
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
         f.write("\n")
+
+
+def wait4(proc, timeout):
+    """Wait for a child; returns its rusage (CPU seconds, peak RSS in KiB)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+        time.sleep(0.02)
+    proc.kill()
+    raise SystemExit(f"benchmark: {proc.args[0]} did not finish within {timeout}s")

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 
-from _common import machine, print_table, write_json
+from _common import machine, print_table, wait4, write_json
 
 BIN = os.path.dirname(sys.executable)
 RATES = [10_000, 100_000, 300_000, 600_000, 1_000_000]
@@ -37,19 +37,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait4(proc, timeout):
-    """Wait for a child; returns its rusage (CPU seconds, peak RSS in KiB)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return usage.ru_utime + usage.ru_stime, usage.ru_maxrss
-        time.sleep(0.02)
-    proc.kill()
-    raise SystemExit(f"benchmark: {proc.args[0]} did not finish within {timeout}s")
 
 
 def start_server(workdir, port):

@@ -27,7 +27,7 @@ import tempfile
 import time
 import urllib.request
 
-from _common import machine, print_table, write_json
+from _common import machine, print_table, wait4, write_json
 
 from tests.nats_cluster import nats_cluster          # noqa: E402 (after _common sets the path)
 from tests.postgres import postgres_instance          # noqa: E402
@@ -71,18 +71,6 @@ def children(pid):
 
 def cpu_of(pids):
     return sum(proc_cpu(p) for p in pids)
-
-
-def wait4(proc, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return usage.ru_utime + usage.ru_stime
-        time.sleep(0.02)
-    proc.kill()
-    raise SystemExit(f"benchmark: {proc.args[0]} did not finish within {timeout}s")
 
 
 def start_server(workdir, name, db, bus=None):
@@ -144,7 +132,7 @@ def run(workdir, label, servers, count, dsn=None, rate=0):
     delivered = dropped = 0
     collector_cpu = 0.0
     for proc, log_path in procs:
-        collector_cpu += wait4(proc, 600)
+        collector_cpu += wait4(proc, 600)[0]
         text = open(log_path).read()
         m = DELIVERED.search(text)
         if proc.returncode != 0 or not m:
@@ -169,7 +157,7 @@ def stop(server):
     if server["proc"].poll() is not None:
         raise SystemExit(f"benchmark: tapio-server exited early:\n{open(server['log']).read()[-3000:]}")
     server["proc"].send_signal(signal.SIGTERM)
-    return wait4(server["proc"], 120)
+    return wait4(server["proc"], 120)[0]
 
 
 def main():

@@ -178,6 +178,17 @@ class StreamSession:
         self.principal = None              # who opened it (tapio.server.auth.Principal)
 
 
+def wait_done(work_queue, timeout):
+    """Until every item put on `work_queue` is task_done() (bounded by `timeout` seconds); True
+    when they all were. The engine's queue here, the bus relay's in-flight queue."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if work_queue.unfinished_tasks == 0:
+            return True
+        time.sleep(0.01)
+    return False
+
+
 class Ingest:
     # forgetting ids again within this many seconds is the same burst: logged once
     FORGET_LOG_QUIET_S = 60.0
@@ -358,12 +369,7 @@ class Ingest:
 
     def wait_idle(self, timeout):
         """Until every queued batch is processed (bounded); True when they all were."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0:
-                return True
-            time.sleep(0.01)
-        return False
+        return wait_done(self._queue, timeout)
 
     # -- the engine thread ---------------------------------------------------------------------
     def _engine(self):

@@ -18,6 +18,7 @@ import threading
 import time
 
 from tapio.server.bus import subjects
+from tapio.server.ingest import wait_done
 
 log = logging.getLogger("tapio.server.bus")
 
@@ -86,12 +87,7 @@ class BusRelay:
 
     def wait_idle(self, timeout):
         """Until every batch handed over is acked (bounded); True when they all were."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._inflight.unfinished_tasks == 0:
-                return True
-            time.sleep(0.01)
-        return False
+        return wait_done(self._inflight, timeout)
 
     def _wait(self, session, batch, raw, future, sent):
         delay = self.backoff[0]
