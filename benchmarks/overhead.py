@@ -25,9 +25,11 @@ their spread (min-max):
     time per operation (user + system of the workload and its children: what tracing adds to the
     work itself, the BPF programs run in its context; it does not move when other work on a
     shared machine takes the workload's CPU away) and in wall-clock operations per second;
-(b) the in-kernel time per invocation of each BPF program (`kernel.bpf_stats_enabled` is on for
-    the run; run_time_ns / run_cnt from bpf_prog_info, read with bpftool);
-(c) the watcher's CPU (user + system, from /proc) per million events it took in;
+(b) the in-kernel time per invocation of each BPF program, and all of it per operation of the
+    workload and as a share of the workload's CPU time, from a second run of the workload with the watcher still attached and
+    `kernel.bpf_stats_enabled` on (run_time_ns / run_cnt from bpf_prog_info, read with bpftool;
+    the statistics add two clock reads to every program run, so (a) is measured without them);
+(c) the watcher's CPU (user + system, from /proc) over both runs, per million events it took in;
 (d) the watcher's resident memory at the end of the round (VmRSS) and its peak (VmHWM).
 
 The machine's other activity is traced too (Tapio and bpftrace watch the whole host): the event
@@ -223,7 +225,7 @@ def prog_stats(ids):
 
 
 class Stats:
-    """Switches kernel.bpf_stats_enabled on for the run and back to what it was."""
+    """Switches kernel.bpf_stats_enabled on for a run and back to what it was."""
 
     PATH = "/proc/sys/kernel/bpf_stats_enabled"
 
@@ -257,7 +259,7 @@ def run_storm(exe, mode, seconds, rate=0, name=None):
     if out.returncode:
         raise SystemExit(f"benchmark: {mode} storm failed: {out.stderr.strip()}")
     ops, elapsed, cpu = (float(x) for x in out.stdout.split())
-    return {name or mode: (ops / elapsed, ops / cpu)}
+    return {name or mode: (ops / elapsed, ops / cpu, ops)}
 
 
 def run_mixed(workdir, seconds):
@@ -272,7 +274,8 @@ def run_mixed(workdir, seconds):
         name = block.split()[0]
         field = dict(re.findall(r"^\s+([\w-]+): ([\d.]+)$", block, re.M))
         rates[f"stress-ng {name}"] = (float(field["bogo-ops-per-second-real-time"]),
-                                      float(field["bogo-ops-per-second-usr-sys-time"]))
+                                      float(field["bogo-ops-per-second-usr-sys-time"]),
+                                      float(field["bogo-ops"]))
     if set(rates) != {"stress-ng fork", "stress-ng sock"}:
         raise SystemExit(f"benchmark: no stress-ng metrics in {path}:\n{text}")
     return rates
@@ -358,17 +361,26 @@ def measure(condition, workload, workdir, server_address, n, collector_args=(), 
         watcher = Bpftrace(workdir, n)
     result = {"condition": condition}
     try:
-        ids = prog_ids(watcher.proc.pid) if watcher else set()
-        progs = prog_stats(ids)
         cpu0 = proc_cpu(watcher.proc.pid) if watcher else 0
+        started = time.monotonic()
         result["rates"] = workload()
         if watcher:
-            cpu = proc_cpu(watcher.proc.pid) - cpu0
-            rss, hwm = proc_memory(watcher.proc.pid)
+            # the programs' own time, in a second run of the workload: kernel.bpf_stats_enabled
+            # adds two clock reads to every program run, which the measured run must not pay
+            ids = prog_ids(watcher.proc.pid)
+            progs = prog_stats(ids)
+            with Stats():
+                timed = workload()
             after = prog_stats(ids)
             result["bpf"] = {name: {"run_time_ns": after[i][1] - t, "run_cnt": after[i][2] - c}
                              for i, (name, t, c) in progs.items() if i in after}
-            result.update(cpu_s=cpu, rss_mib=rss, hwm_mib=hwm)
+            # all of it per operation, and against the workload's own CPU time in that run
+            result["workload_ops"] = sum(ops for _, _, ops in timed.values())
+            result["workload_cpu_s"] = sum(ops / cpu_rate for _, cpu_rate, ops in timed.values())
+            result["cpu_s"] = proc_cpu(watcher.proc.pid) - cpu0        # over both runs
+            result["watch_s"] = time.monotonic() - started
+            rss, hwm = proc_memory(watcher.proc.pid)
+            result.update(rss_mib=rss, hwm_mib=hwm)
     finally:
         if watcher:
             watcher.stop()
@@ -403,10 +415,10 @@ def summarize(name, rounds, conditions=CONDITIONS):
         entry = {"metrics": metrics}
         if condition != "none":
             entry["cpu_s_per_million_events"] = [1e6 * r["cpu_s"] / max(r["events"], 1) for r in mine]
-            entry["events_per_s"] = [r["events"] for r in mine]
+            entry["events_per_s"] = [r["events"] / r["watch_s"] for r in mine]
             entry["rss_mib"] = [r["rss_mib"] for r in mine]
             entry["hwm_mib"] = [r["hwm_mib"] for r in mine]
-            entry["cpu_pct_of_core"] = [r["cpu_pct"] for r in mine]
+            entry["cpu_pct_of_core"] = [100 * r["cpu_s"] / r["watch_s"] for r in mine]
             bpf = {}
             for r in mine:
                 for prog, s in r["bpf"].items():
@@ -416,6 +428,11 @@ def summarize(name, rounds, conditions=CONDITIONS):
             for total in bpf.values():
                 total["ns_per_run"] = total["run_time_ns"] / total["run_cnt"] if total["run_cnt"] else None
             entry["bpf"] = bpf
+            entry["bpf_ns_per_op"] = [sum(s["run_time_ns"] for s in r["bpf"].values()) / r["workload_ops"]
+                                      for r in mine]
+            entry["bpf_pct_of_workload_cpu"] = [
+                100 * sum(s["run_time_ns"] for s in r["bpf"].values()) / (1e9 * r["workload_cpu_s"])
+                for r in mine]
         out[condition] = entry
     return out
 
@@ -430,6 +447,8 @@ def main():
                         help="run only this workload (repeatable; default: all)")
     parser.add_argument("--baseline-collector", metavar="PATH",
                         help="another build's tapio-collector, measured in the same rounds")
+    parser.add_argument("--watchers", default=",".join(CONDITIONS[1:]),
+                        help="which watchers to compare with the bare run (default: tapio,bpftrace)")
     parser.add_argument("--collector-args", default="",
                         help="more tapio-collector flags, e.g. \"--read-interval 10ms\"")
     args = parser.parse_args()
@@ -443,12 +462,14 @@ def main():
         if shutil.which(tool) is None:
             raise SystemExit(f"benchmark: needs {tool} (./build.sh bench installs it)")
 
-    conditions = CONDITIONS
+    conditions = ("none",) + tuple(w for w in args.watchers.split(",") if w)
+    if not set(conditions) <= set(CONDITIONS):
+        raise SystemExit(f"benchmark: --watchers takes {','.join(CONDITIONS[1:])}")
     if args.baseline_collector:
         if not os.access(args.baseline_collector, os.X_OK):
             raise SystemExit(f"benchmark: {args.baseline_collector} is not an executable tapio-collector")
         conditions += ("baseline",)
-    with tempfile.TemporaryDirectory() as workdir, Stats():
+    with tempfile.TemporaryDirectory() as workdir:
         storm = build_storm(workdir)
         workloads = {
             "exec storm": lambda: run_storm(storm, "exec", args.seconds),
@@ -484,9 +505,6 @@ def main():
                         started = time.monotonic()
                         r = measure(condition, workload, workdir, f"127.0.0.1:{port}", n,
                                     shlex.split(args.collector_args), args.baseline_collector)
-                        if condition != "none":
-                            # a watcher's CPU as a share of one core, over the workload's run
-                            r["cpu_pct"] = 100 * r["cpu_s"] / args.seconds
                         by_condition[condition] = r
                         print(f"  {name} round {i + 1} {condition}: "
                               + ", ".join(f"{k} {v[0]:,.0f}/s ({v[1]:,.0f}/CPU s)" for k, v in r["rates"].items())
@@ -527,11 +545,11 @@ def print_report(report, args, watchers):
     for name, by in report.items():
         for condition in watchers:
             e = by[condition]
-            events_per_s = [x / args.seconds for x in e["events_per_s"]]
-            rows.append([name, condition, spread(events_per_s), spread(e["cpu_pct_of_core"], "{:.1f}"),
+            rows.append([name, condition, spread(e["bpf_ns_per_op"]), spread(e["bpf_pct_of_workload_cpu"], "{:.1f}%"),
+                         spread(e["events_per_s"]), spread(e["cpu_pct_of_core"], "{:.1f}"),
                          spread(e["cpu_s_per_million_events"], "{:.1f}"), spread(e["rss_mib"], "{:.0f}"),
                          spread(e["hwm_mib"], "{:.0f}")])
-    print_table(["workload", "watcher", "events/s", "CPU % of a core", "CPU s per M events",
+    print_table(["workload", "watcher", "BPF ns per op", "BPF time / workload CPU", "events/s", "CPU % of a core", "CPU s per M events",
                  "RSS MiB", "peak RSS MiB"], rows)
     print()
     rows = []

@@ -130,10 +130,19 @@ static __always_inline void fill_header_task(struct tapio_header *h, __u32 type,
 	BPF_CORE_READ_STR_INTO(&h->comm, task, comm);
 }
 
+/* The running task as a BTF pointer (Linux >= 5.11), whose fields are plain loads rather than
+ * a probe read each; NULL on older kernels, where callers probe-read from bpf_get_current_task(). */
+static __always_inline struct task_struct *current_task_btf(void)
+{
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf))
+		return bpf_get_current_task_btf();
+	return NULL;
+}
+
 /* Fill the header from the running task, with the cheaper helpers where they exist. */
 static __always_inline void fill_header_current(struct tapio_header *h, __u32 type)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = current_task_btf();
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u64 uid_gid = bpf_get_current_uid_gid();
 
@@ -142,7 +151,10 @@ static __always_inline void fill_header_current(struct tapio_header *h, __u32 ty
 	h->type = type;
 	h->pid = pid_tgid >> 32;
 	h->tid = (__u32)pid_tgid;
-	h->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	if (task)
+		h->ppid = task->real_parent->tgid;
+	else
+		h->ppid = BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), real_parent, tgid);
 	h->uid = (__u32)uid_gid;
 	h->gid = uid_gid >> 32;
 	bpf_get_current_comm(&h->comm, sizeof(h->comm));

@@ -27,6 +27,13 @@ typedef _Bool bool;
 #define false 0
 
 /* bpf_helper_defs.h names these in helper prototypes; their contents are never read here. */
+/* Whether the running kernel has a helper: bpf_core_enum_value_exists() on this enum is relocated
+ * against the kernel's BTF at load time, and the verifier never visits a branch it rules out. */
+enum bpf_func_id {
+	BPF_FUNC_skc_to_tcp_sock = 137, /* Linux 5.9 */
+	BPF_FUNC_get_current_task_btf = 158, /* Linux 5.11 */
+};
+
 enum bpf_map_type {
 	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
@@ -160,6 +167,7 @@ struct linux_binprm {
 struct in6_addr {
 	union {
 		__u8 u6_addr8[16];
+		__be32 u6_addr32[4];
 	} in6_u;
 } PRESERVE;
 
