@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* Process exec and exit, from the scheduler's BTF tracepoints (as libbpf-tools' execsnoop and
- * exitsnoop, but reading everything at one point: the new image's argv is already in place). */
+ * exitsnoop, but reading everything at one point: the new image's argv is already in place).
+ * Their arguments are BTF pointers: fields are plain loads, not a probe read each. */
 #include "emit.bpf.h"
 
 SEC("tp_btf/sched_process_exec")
@@ -15,15 +16,15 @@ int BPF_PROG(tapio_exec, struct task_struct *task, int old_pid, struct linux_bin
 	if (!e)
 		return 0;
 	fill_header_current(&e->hdr, TAPIO_EVENT_EXEC);
-	e->args_count = BPF_CORE_READ(bprm, argc);
+	e->args_count = bprm->argc;
 	e->flags = 0;
 	e->_pad = 0;
-	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename)) < 0)
+	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), bprm->filename) < 0)
 		e->filename[0] = '\0';
 
 	/* argv of the new image: NUL-separated strings between mm->arg_start and mm->arg_end */
-	arg_start = BPF_CORE_READ(task, mm, arg_start);
-	arg_end = BPF_CORE_READ(task, mm, arg_end);
+	arg_start = task->mm->arg_start;
+	arg_end = task->mm->arg_end;
 	len = arg_end > arg_start ? arg_end - arg_start : 0;
 	if (len > TAPIO_ARGS_LEN) {
 		len = TAPIO_ARGS_LEN;
@@ -48,7 +49,7 @@ int BPF_PROG(tapio_exit, struct task_struct *task)
 		return 0;
 	if (current_filtered())
 		return 0;
-	status = BPF_CORE_READ(task, exit_code);
+	status = task->exit_code;
 	/* a failed exit (non-zero code or a signal) is a priority event */
 	e = status ? reserve_priority_event(sizeof(*e), TAPIO_EVENT_EXIT)
 		   : reserve_event(sizeof(*e), TAPIO_EVENT_EXIT);
@@ -59,7 +60,7 @@ int BPF_PROG(tapio_exit, struct task_struct *task)
 	e->core_dumped = (status & 0x80) ? 1 : 0;
 	e->exit_code = e->signal ? 0 : (status >> 8) & 0xff;
 	e->_pad = 0;
-	e->start_ns = BPF_CORE_READ(task, start_boottime);
+	e->start_ns = task->start_boottime;
 	e->duration_ns = e->hdr.timestamp_ns - e->start_ns;
 	submit(e);
 	return 0;
