@@ -88,13 +88,13 @@ examples:
                 "kernel reported it; both")
     p.flag("--buffer-size", type=positive(int), default=5000, metavar="N",
            help="events taken from the kernel per processing round")
-    p.flag("--batch-size", type=positive(int), default=100, metavar="N",
+    p.flag("--batch-size", type=positive(int), default=500, metavar="N",
            help="most events per raw batch")
-    p.flag("--semantic-batch-size", type=positive(int), default=50, metavar="N",
+    p.flag("--semantic-batch-size", type=positive(int), default=500, metavar="N",
            help="most events per semantic batch")
     p.flag("--flush-interval", type=non_negative(parse_duration), default="1s", metavar="DURATION",
            help="longest time an event waits for its batch while one is in flight")
-    p.flag("--read-interval", type=at_most(1.0, parse_duration, "s"), default="5ms", metavar="DURATION",
+    p.flag("--read-interval", type=at_most(1.0, parse_duration, "s"), default="20ms", metavar="DURATION",
            help="while events flow, read the kernel once per this interval (a lone event is read "
                 "at once); the kernel wakes the collector at most once per interval. 0: at every event; "
                 "at most 1s (a longer wait lets the ring buffer overflow)")

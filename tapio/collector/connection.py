@@ -141,6 +141,7 @@ class ConnectionManager:
         self.on_configure = None              # (max_batch_size, flush_interval_s) -> None
         self.on_idle = None                   # () -> None: the last outstanding batch was acked
         self._wake = trio.Event()
+        self._window_full = False             # the send loop waits for an ack to make room
         self._stream = None
         self._closing = False
         self._paused_at = None
@@ -257,9 +258,11 @@ class ConnectionManager:
             self._wake = trio.Event()
             if self.stats.paused:
                 continue
+            self._window_full = False
             for pending in self.buffer.unsent():
                 if not self.buffer.can_send(pending):
-                    break           # the window is full: acks wake us again
+                    self._window_full = True        # an ack wakes us again
+                    break
                 stream.send(pending.data)
                 self._sent_at = trio.current_time()
                 self.buffer.sent(pending, time.monotonic())
@@ -304,7 +307,8 @@ class ConnectionManager:
     def _on_ack(self, ack):
         pending = self.buffer.ack(ack.batch_id)
         self.stats.last_ack = time.time()
-        self._wake.set()            # the window has room again
+        if self._window_full:
+            self._wake.set()        # the window has room again (a wakeup per ack costs CPU)
         if self.buffer.outstanding == 0 and self.on_idle is not None:
             self.on_idle()          # adaptive batching: what waits may go at once
         if pending is None:
