@@ -143,3 +143,23 @@ def test_throttle_windows_are_remembered_within_bounds():
     assert stats["throttles_marked"] == 4 * MAX_THROTTLED_CGROUPS * THROTTLE_WINDOWS
     assert stats["collectors"]["node-a"]["throttle_windows"] == MAX_THROTTLED_CGROUPS * THROTTLE_WINDOWS
 
+
+
+def test_a_process_that_moved_out_of_a_throttled_cgroup_leaves_its_tree_complete():
+    """A shell that moves itself into a cgroup of its own, then execs: it ran in the old cgroup
+    only before that, and the tree it starts there is none of the old cgroup's."""
+    h = Harness()
+    ev = h.ev
+    start = ev.now
+    h.feed(ev.exec(900, 1, "sh", cgroup_id=NOISY))
+    ev.at(0.01)
+    h.feed(ev.exec(900, 1, "sh", cgroup_id=QUIET), ev.exec(901, 900, "a", cgroup_id=QUIET),
+           ev.exec(902, 900, "b", cgroup_id=QUIET))
+    ev.at(0.5)
+    h.feed(ev.exit(901, 900, "a", cgroup_id=QUIET), ev.exit(902, 900, "b", cgroup_id=QUIET),
+           ev.exit(900, 1, "sh", cgroup_id=QUIET))
+    h.feed(ev.throttled(NOISY, start, ev.now, exec=300))
+    h.tick(5)
+    [tree] = h.closed("process_tree")
+    assert tree["attributes"]["pid"] == 900 and tree["attributes"]["process_count"] == 3
+    assert tree["incomplete"] is False

@@ -94,7 +94,10 @@ class Group:
                 self.event_ids.append(eid)
         self.events_total += 1
         if event is not None:
-            if event.get("cgroup_id"):
+            if event.get("cgroup_id") and event.get("type") != "exec":
+                # where its process is; not an exec: a process may move after one (a shell that
+                # moves itself into a container's cgroup, then execs the entrypoint), and a later
+                # event of it (its exit, a signal), or the process table, says where it went
                 self.cgroups.add(event["cgroup_id"])
             if len(self.events) < self.max_events:
                 self.events.append(event)

@@ -62,7 +62,9 @@ class ProcessTree(Rule):
         processes = [self._process(n, now) for n in nodes]
         for n, p in zip(nodes, processes):
             if n["cgroup_id"]:
-                group.cgroups.add(n["cgroup_id"])     # its events may be gone from the recent ones
+                # where it ran its last program (or exited); its events may be gone from the
+                # recent ones
+                group.cgroups.add(n["cgroup_id"])
             for ref in (n["first_exec"], n["last_exec"], n["exit_event"]):
                 if ref is not None:
                     group.add_event(self.recent.event(ref), self.recent.event_id(ref))
