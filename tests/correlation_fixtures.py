@@ -103,6 +103,17 @@ class Events:
         o.total_vm_bytes = rss * 2
         return e
 
+    def throttled(self, cgroup_id, first_ns, last_ns, budget=100, interval_ns=SEC, **held):
+        """What a collector's budget held back of one cgroup (`held`: exec=, tcp_connect=, ...),
+        as the collector sends it: stamped at the end of its interval."""
+        e = self._event(events_pb2.EVENT_TYPE_THROTTLED, 0, "", ts=last_ns, cgroup_id=cgroup_id)
+        t = e.throttled
+        t.first_timestamp_ns, t.last_timestamp_ns = first_ns, last_ns
+        t.budget, t.burst, t.interval_ns = budget, budget, interval_ns
+        for type_, n in held.items():
+            setattr(t, type_, n)
+        return e
+
     def batch(self, *events):
         """The events as one decoded batch (DecodedBatch), with the next batch id."""
         self.batch_id += 1

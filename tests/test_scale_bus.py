@@ -1,7 +1,8 @@
 """The bus parts of a replica against a real 3-node NATS JetStream cluster on loopback: the relay
 acks a batch only after JetStream has it and PAUSEs collectors while JetStream cannot take
 batches; partition leases give one owner, and a new owner replays a node's events into the same
-group (the same id) after the old one died.
+group (the same id) after the old one died; the owner marks groups incomplete for gaps and for
+throttled cgroups as a server without a bus does.
 
 Batches are built with the protobuf library (tests/correlation_fixtures.py) and go through the
 real Ingest engine, as the gRPC service hands them over."""
@@ -202,5 +203,39 @@ def test_the_owner_marks_groups_that_overlap_a_sequence_gap_incomplete():
                        what=f"the crash loop marked incomplete: {latest()}")
             (group,) = latest()
             assert group["attributes"]["gaps"][0]["reason"] == "sequence gap 7-9 (3 events)"
+        finally:
+            a.close(2)
+
+
+def test_the_owner_marks_the_groups_of_a_throttled_cgroup_only():
+    """Refused connects from two cgroups to one port, then a throttled event of one of them:
+    through the bus the owner marks that cgroup's connectivity group incomplete, not the other."""
+    noisy, quiet = 4100, 4200
+    with nats_cluster(3) as cluster:
+        groups = {}
+        a, ingest = _replica(cluster, "a", groups)
+        try:
+            session = StreamSession("test")
+            ingest.hello(session, "col-thr", "node-thr", "v")
+            ev = Events("col-thr", "node-thr", start_ns=time.time_ns())
+            start = ev.now
+            for pid, cgroup_id in ((600, noisy), (700, quiet)):
+                raw, batch = request(ev, *(ev.connect(pid, "client", "10.0.0.9", 5432, cgroup_id=cgroup_id)
+                                           for _ in range(5)))
+                ingest.submit(session, batch, raw)
+            ev.at(0.5)
+            raw, batch = request(ev, ev.throttled(noisy, start, ev.now, tcp_connect=200))
+            ingest.submit(session, batch, raw)
+            responses(session, 3, 20)
+
+            def latest():
+                return {v[-1]["attributes"]["cgroup_id"]: v[-1] for v in groups.values()}
+            wait_until(lambda: latest().get(noisy, {}).get("incomplete"), 20,
+                       what=f"the noisy cgroup's group marked incomplete: {latest()}")
+            group = latest()[noisy]
+            assert group["attributes"]["gaps"][0]["reason"] == "throttled: 200 tcp_connect held back (budget 100 per 1.0 s)"
+            assert group["attributes"]["gaps"][0]["cgroup_id"] == noisy
+            assert latest()[quiet]["incomplete"] is False
+            assert a.correlation.stats()["groups_marked_incomplete_by_reason"] == {"throttled": 1}
         finally:
             a.close(2)

@@ -5,9 +5,14 @@ With a small budget every event of the quiet cgroup reaches the server; of the n
 reached the server plus what its `throttled` events say was held back is exactly what the storm
 did; its exits and its SIGSEGV are all delivered (never throttled); and the collector's ledger
 closes with the throttled count the summaries add up to. With the budget off nothing is throttled.
+
+Correlation: a process tree and a connectivity group of the noisy cgroup, whose events were held
+back, are marked incomplete for throttling; those of the quiet cgroup, running at the same time,
+are not.
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -16,7 +21,7 @@ import time
 import pytest
 
 from tests.fixtures.enrich.cgroups import CgroupTree, require_cgroup_root
-from tests.helpers import ServerProcess, StreamingCollector, http_get, http_json, require_ebpf
+from tests.helpers import ServerProcess, StreamingCollector, http_get, http_json, require_ebpf, wait_until
 from tests.test_ledger_e2e import ledger_of
 
 pytestmark = pytest.mark.kernel
@@ -197,3 +202,136 @@ def test_with_the_budget_off_nothing_is_throttled(tmp_path, cgroups):
     counts, line = ledger_of(log)
     assert counts["throttled"] == 0 and "the ledger closes" in line, line
     assert "tapio_cgroup_throttled_events_total" not in metrics
+
+
+# ---- correlation: the groups of a throttled cgroup may miss facts, its neighbours' do not --------
+
+CORRELATION = """
+[process_tree]
+grace = "1s"
+max_groups_per_minute = 100000     # the host's other activity must not crowd the test's trees out
+[connectivity]
+close_after = "2s"
+[limits]
+tick = "100ms"
+"""
+
+# one tree per cgroup: a shell (moved into the cgroup before it execs the script) whose children
+# are a Python that connects to a closed port, then `execs` runs of /bin/true (`pause` apart)
+TREE = """
+"$1" "$2" "$3" "$4" "$5"
+i=0
+while [ $i -lt "$6" ]; do
+    /bin/true
+    [ "$7" = 0 ] || sleep "$7"
+    i=$((i+1))
+done
+exit 0
+"""
+
+CONNECTS = textwrap.dedent("""
+    import socket, sys, time
+    port, n, pause = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    for _ in range(n):
+        with socket.socket() as s:
+            try:
+                s.connect(("127.0.0.1", port))
+            except ConnectionRefusedError:
+                pass
+        time.sleep(pause)
+""")
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]        # bound, never listening, then closed: refused
+
+
+def tree_in(cgroups, name, tmp_path, port, connects, connect_pause, execs, exec_pause):
+    """Start the tree in cgroup `name`; returns the Popen (its pid is the tree's root)."""
+    script, client = tmp_path / "tree.sh", tmp_path / "connects.py"
+    script.write_text(TREE)
+    client.write_text(CONNECTS)
+    procs = os.path.join(cgroups.directory(name), "cgroup.procs")
+    proc = subprocess.Popen(["sh", "-c", f'echo $$ > {procs} && exec sh "$0" "$@"', str(script),
+                             sys.executable, str(client), str(port), str(connects), str(connect_pause),
+                             str(execs), str(exec_pause)], stdin=subprocess.DEVNULL)
+    cgroups._processes.append(proc)       # killed by the tree's clean-up if the test fails
+    return proc
+
+
+def groups(server, kind):
+    status, body = http_json(f"{server.http_url}/api/v1/groups?kind={kind}&limit=1000")
+    assert status == 200, body
+    return body["groups"]
+
+
+def throttle_gaps(group, cgroup_id):
+    return [g for g in group["attributes"].get("gaps", ())
+            if g["reason"].startswith("throttled:") and g.get("cgroup_id") == cgroup_id]
+
+
+def test_groups_of_a_throttled_cgroup_are_incomplete_and_their_neighbours_are_not(tmp_path, cgroups):
+    require_ebpf()
+    noisy_id, quiet_id = cgroups.mkdir("noisy"), cgroups.mkdir("quiet")
+    config = tmp_path / "correlation.toml"
+    config.write_text(CORRELATION)
+    noisy_port, quiet_port = closed_port(), closed_port()
+    server = ServerProcess(tmp_path, ["--correlation-config", str(config)], http=True).wait_listening()
+    collector = StreamingCollector(tmp_path, server.address, http=True,
+                                   flags=["--cgroup-budget", "100/s", "--cgroup-burst", "100"])
+    try:
+        collector.wait_http()
+        # the same half a second or two in both cgroups: the noisy one far over its budget (300
+        # connects, 400 execs), the quiet one well under it
+        noisy = tree_in(cgroups, "noisy", tmp_path, noisy_port, 300, 0.001, 400, 0)
+        quiet = tree_in(cgroups, "quiet", tmp_path, quiet_port, 6, 0.15, 6, 0.2)
+        assert noisy.wait(120) == 0 and quiet.wait(120) == 0
+        assert collector.proc.poll() is None, "the collector ended before the workloads:\n" + collector.log()
+        # the collector sends what it still holds, the last throttled summaries too, as it stops
+        assert collector.stop() == 0, collector.log()
+
+        def tree_of(pid):
+            return [g for g in groups(server, "process_tree") if g["attributes"].get("pid") == pid]
+
+        def connects_to(port):
+            return [g for g in groups(server, "connectivity_degradation")
+                    if g["attributes"].get("destination") == f"127.0.0.1:{port}" and g["status"] == "closed"]
+        # the noisy tree and connectivity group, once marked; the quiet ones once there
+        noisy_tree = wait_until(lambda: [g for g in tree_of(noisy.pid) if throttle_gaps(g, noisy_id)], 30,
+                                interval=0.2, what="the noisy cgroup's process tree, marked")[0]
+        noisy_conns = wait_until(lambda: [g for g in connects_to(noisy_port) if throttle_gaps(g, noisy_id)], 30,
+                                 interval=0.2, what="the noisy cgroup's connectivity group, marked")[0]
+        [quiet_tree] = wait_until(lambda: tree_of(quiet.pid), 30, interval=0.2, what="the quiet tree")
+        [quiet_conns] = wait_until(lambda: connects_to(quiet_port), 30, interval=0.2,
+                                   what="the quiet connectivity group")
+        events = server.events()
+        metrics = http_get(server.http_url + "/metrics")[2].decode()
+    finally:
+        collector.stop()
+        server.stop()
+
+    summaries = [e["throttled"] for e in of_cgroup(events, noisy_id, "throttled")]
+    assert sum(s["exec"] for s in summaries) > 0 and sum(s["tcp_connect"] for s in summaries) > 0
+    assert not of_cgroup(events, quiet_id, "throttled")
+
+    # the noisy cgroup's groups say why they may miss facts: the held-back types their kind reads
+    assert noisy_tree["incomplete"] is True and noisy_tree["attributes"]["process_count"] >= 400
+    assert all("exec" in g["reason"] for g in throttle_gaps(noisy_tree, noisy_id))
+    assert noisy_conns["incomplete"] is True
+    assert all("tcp_connect" in g["reason"] for g in throttle_gaps(noisy_conns, noisy_id))
+    assert noisy_conns["attributes"]["cgroup_id"] == noisy_id
+
+    # the quiet cgroup's groups ran while its neighbour was throttled, and stay complete
+    windows = [(s["first_timestamp_ns"], s["last_timestamp_ns"]) for s in summaries]
+    for group in (quiet_tree, quiet_conns):
+        assert any(first <= group["end_ns"] and group["start_ns"] <= last for first, last in windows), \
+            (group["kind"], "ran outside every throttle window: the test proves nothing")
+        assert group["incomplete"] is False and "gaps" not in group["attributes"], \
+            (group["kind"], group["attributes"].get("gaps"), group["attributes"].get("processes"))
+    assert quiet_conns["attributes"]["cgroup_id"] == quiet_id
+
+    marked = [line for line in metrics.splitlines()
+              if line.startswith('tapio_groups_marked_incomplete_total{reason="throttled"}')]
+    assert marked and float(marked[0].split()[-1]) >= 1, marked

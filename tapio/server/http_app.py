@@ -38,6 +38,7 @@ from tapio.http.metrics import Families, metrics_response, new_registry
 from tapio.http.rates import RateSampler
 from tapio.http.serve import HttpServer
 from tapio.server.auth import ANONYMOUS, READ
+from tapio.server.correlation.engine import MARK_REASONS
 from tapio.server.store import StoreUnavailable
 from tapio.server.subscribe import in_scope, scoped_events, scoped_groups
 
@@ -510,6 +511,13 @@ class ServerMetrics:
                       ("kind",))
             for kind in sorted(set(GROUP_KINDS) | set(opened)):
                 f.add("tapio_groups_total", opened.get(kind, 0), kind)
+            marked = dict(s.engine.marked_by_reason)
+            f.counter("tapio_groups_marked_incomplete_total",
+                      "Times a semantic group was marked incomplete, by reason: gap (its "
+                      "collector lost events in its window), throttled (a cgroup budget held "
+                      "back events of its cgroup that its kind reads)", ("reason",))
+            for reason in MARK_REASONS:
+                f.add("tapio_groups_marked_incomplete_total", marked.get(reason, 0), reason)
         counts = s.group_counts()
         if counts is not None:
             f.gauge("tapio_groups_stored", "Semantic groups in the store (within retention), by kind",

@@ -18,6 +18,12 @@ or closed within [limits] keep_closed, is marked incomplete and sent again (clos
 that had closed: an update for the store; its trace is out already), and so is every later group
 whose window overlaps it.
 
+A `throttled` event in a batch says the same of one cgroup: its --cgroup-budget held back routine
+events between its first and last timestamp. Only groups with a process or connection in that
+cgroup, of a kind built from a type held back (Rule.routine_types), are marked (reason
+"throttled: ..."): a noisy cgroup leaves its neighbours' groups complete. Both take one path
+(_Collector.mark), with or without a bus: the owner of a node's partition feeds the same batches.
+
 Time is each collector's own: the newest event timestamp it sent, moved on by the server's
 monotonic clock while nothing newer arrives, so clock skew between nodes does not matter. A timer
 thread calls tick() every [limits] tick; consume() and tick() take turns on one lock.
@@ -27,10 +33,17 @@ import logging
 import threading
 import time
 
+from tapio._fast.correlate import match_records
 from tapio.server.correlation.config import CorrelationConfig
 from tapio.server.correlation.recent import RecentBytes
 from tapio.server.correlation.rules import RULES
-from tapio.server.correlation.state import CollectorState
+from tapio.server.correlation.state import CollectorState, Gap
+from tapio.vocab import EVENT_TYPE_NUMBERS
+
+THROTTLED = EVENT_TYPE_NUMBERS["throttled"]
+# why a group was marked incomplete (stats, metrics): its collector lost events (mark_gap), or a
+# cgroup budget held back events of its cgroup (`throttled` events)
+REASON_GAP, REASON_THROTTLED = MARK_REASONS = ("gap", "throttled")
 
 log = logging.getLogger("tapio.server.correlation")
 
@@ -51,7 +64,9 @@ class CorrelationEngine:
         self.trees_rate_limited = 0
         self.sink_errors = 0
         self.gaps_marked = 0
+        self.throttles_marked = 0       # `throttled` events that held back what a kind reads
         self.groups_marked_incomplete = 0
+        self.marked_by_reason = collections.Counter()     # "gap" | "throttled" -> groups marked
         self._stop = threading.Event()
         self._thread = None
         if timer:
@@ -84,11 +99,18 @@ class CorrelationEngine:
         start_ns, end_ns = int(start_ns), int(end_ns)
         if end_ns < start_ns:
             raise ValueError(f"a gap must not end ({end_ns}) before it starts ({start_ns})")
+        gap = Gap(start_ns, end_ns, str(reason), 0, None)
         with self._lock:
-            marked = self._collector(collector_id).mark_gap(start_ns, end_ns, str(reason))
+            collector = self._collector(collector_id)
+            collector.gaps.append(gap)
+            marked = collector.mark((gap,), {})
             self.gaps_marked += 1
-            self.groups_marked_incomplete += marked
+            self.count_marked(REASON_GAP, marked)
         return marked
+
+    def count_marked(self, reason, groups):
+        self.groups_marked_incomplete += groups
+        self.marked_by_reason[reason] += groups
 
     def forget(self, collector_ids):
         """The ingest forget listener: drop the state of collector ids the server no longer
@@ -153,7 +175,9 @@ class CorrelationEngine:
             "trees_rate_limited": self.trees_rate_limited,
             "sink_errors": self.sink_errors,
             "gaps_marked": self.gaps_marked,
+            "throttles_marked": self.throttles_marked,
             "groups_marked_incomplete": self.groups_marked_incomplete,
+            "groups_marked_incomplete_by_reason": dict(self.marked_by_reason),
             "recent_bytes": self.recent_budget.nbytes,
             "recent_max_bytes": self.recent_budget.max_bytes,
         }
@@ -186,18 +210,36 @@ class _Collector(CollectorState):
         if hot or opened:
             for rule in self.rules:
                 rule.on_batch(batch, hot or (), opened)
+        throttled = match_records(batch, THROTTLED)     # in C; [] for nearly every batch
+        if throttled:
+            self._throttled(batch, throttled)
 
-    def mark_gap(self, start_ns, end_ns, reason):
-        self.gaps.append((start_ns, end_ns, reason))
+    def _throttled(self, batch, indices):
+        """The batch's `throttled` events: each remembered, and the groups it concerns marked."""
+        new = {}
+        for i in reversed(indices):                     # match_records lists the newest first
+            gap = self.throttle_gap(batch.event_dict(i))
+            if gap is not None:
+                new.setdefault(gap.cgroup_id, []).append(gap)
+                self.engine.throttles_marked += 1
+        if new:
+            self.engine.count_marked(REASON_THROTTLED, self.mark((), new))
+
+    def mark(self, gaps, throttles):
+        """Mark the open groups, and the closed ones kept, that the new `gaps` or `throttles`
+        ({cgroup id: Gaps}) concern; each marked one is sent again. Returns how many."""
+        kinds = set().union(*(gap.kinds for found in throttles.values() for gap in found))
         marked = 0
         for rule in self.rules:
+            if not gaps and rule.kind not in kinds:
+                continue
             for group in rule.open_groups():
-                if self.note_gaps(group):
+                if self.note_gaps(group, gaps, throttles):
                     self.engine.emit(group, False)
                     marked += 1
         self.prune_closed()
         for _, group in self.closed:
-            if self.note_gaps(group):
+            if self.note_gaps(group, gaps, throttles):
                 self.engine.emit(group, False)
                 marked += 1
         return marked

@@ -15,9 +15,12 @@ API all read the same shape):
                    executable, container_id, container_name, pod_uid, pod_name, namespace,
                    systemd_unit, pids; "processes": the processes for the trace's spans,
      "status": open (still growing) | closed,
-     "incomplete": True when the collector lost events within the group's window (a gap in its
-                   sequence, kernel drops): the conclusion may miss facts; the gaps are listed in
-                   attributes["gaps"] ({"start_ns", "end_ns", "reason"}, the first 10),
+     "incomplete": True when events the group could have used never reached the server within
+                   its window: the collector lost them (a gap in its sequence, kernel drops), or
+                   the --cgroup-budget of a cgroup the group has processes or connections in held
+                   back routine events its kind reads (reason "throttled: ..."); the conclusion
+                   may miss facts. They are listed in attributes["gaps"] ({"start_ns", "end_ns",
+                   "reason"}, and "cgroup_id" for a throttled one; the first 10),
      "events": the events in full (the first `max_group_events`), when asked for}
 """
 import hashlib
@@ -76,6 +79,9 @@ class Group:
         self.max_events = max_events
         self.incomplete = False
         self._gaps = set()
+        # the cgroups its processes and connections are in: a cgroup's held-back events concern
+        # only the groups of that cgroup (state.Gap)
+        self.cgroups = set()
 
     def add_event(self, event, event_id=None):
         """Count an event in (a dict, or None with its id only); False when it was already in."""
@@ -88,6 +94,11 @@ class Group:
                 self.event_ids.append(eid)
         self.events_total += 1
         if event is not None:
+            if event.get("cgroup_id") and event.get("type") != "exec":
+                # where its process is; not an exec: a process may move after one (a shell that
+                # moves itself into a container's cgroup, then execs the entrypoint), and a later
+                # event of it (its exit, a signal), or the process table, says where it went
+                self.cgroups.add(event["cgroup_id"])
             if len(self.events) < self.max_events:
                 self.events.append(event)
             ts = event.get("timestamp_ns") or 0
@@ -97,18 +108,21 @@ class Group:
                 self.end_ns = max(self.end_ns, ts)
         return True
 
-    def mark_incomplete(self, start_ns, end_ns, reason, max_listed=10):
-        """Note a gap of the collector's events within the group's window; False when it was
-        noted already."""
+    def mark_incomplete(self, start_ns, end_ns, reason, cgroup_id=0, max_listed=10):
+        """Note a gap of the collector's events within the group's window (with `cgroup_id`: the
+        events of that cgroup its budget held back); False when it was noted already."""
         start_ns, end_ns = bound_ns(start_ns), bound_ns(end_ns)
-        key = (start_ns, end_ns, reason)
+        key = (start_ns, end_ns, reason, cgroup_id)
         if key in self._gaps:
             return False
         self._gaps.add(key)
         self.incomplete = True
         listed = self.attributes.setdefault("gaps", [])
         if len(listed) < max_listed:
-            listed.append({"start_ns": start_ns, "end_ns": end_ns, "reason": reason})
+            entry = {"start_ns": start_ns, "end_ns": end_ns, "reason": reason}
+            if cgroup_id:
+                entry["cgroup_id"] = cgroup_id
+            listed.append(entry)
         return True
 
     def has_event(self, event_id):

@@ -1,17 +1,21 @@
 """What every rule of one collector shares: the compiled core, the recent batches, the clock,
 the recent hot events, the way out for its groups, and the gaps in what the collector delivered
-(a group whose window overlaps one is marked incomplete).
+(a group whose window overlaps one is marked incomplete): events it lost, and the routine events
+its --cgroup-budget held back of one cgroup (told by `throttled` events), which concern only that
+cgroup's groups of the kinds that read them.
 
 A rule (tapio/server/correlation/rules/) gets a CollectorState and reads from it; it never
 imports another rule. The engine (engine.py) makes one CollectorState and one instance of each
 rule per collector and dispatches to them.
 """
 import collections
+import itertools
 import os
 import time
 
 from tapio._fast.correlate import Correlator
-from tapio.server.correlation.groups import Group
+from tapio._fast.throttling import KINDS as ROUTINE_TYPES      # what a cgroup budget holds back
+from tapio.server.correlation.groups import Group, fmt_duration
 from tapio.server.correlation.recent import RecentBatches
 
 SEC = 1_000_000_000
@@ -20,6 +24,11 @@ NEVER = 0xFFFFFFFF
 MAX_KEYS = 4096          # per-rule keyed state (crash-loop keys, OOM history scopes)
 MAX_PENDING = 4096       # per-rule pending groups (fatal signals, OOM follow windows)
 MAX_GAPS = 64            # gaps remembered per collector (the newest), for groups still to come
+# throttle windows remembered per collector, for groups still to come: of the cgroups throttled
+# last, the newest windows of each (a window is one budget interval: at 1/s, 8 s of a storm, more
+# than a process tree's grace)
+MAX_THROTTLED_CGROUPS = 64
+THROTTLE_WINDOWS = 8
 ROOT_CGROUP_ID = 1       # kernfs id of a cgroup hierarchy's root directory
 SUBJECT_CONTEXT = ("container_id", "container_name", "pod_uid", "pod_name", "namespace",
                    "systemd_unit", "image")
@@ -65,6 +74,21 @@ class CollectorClock:
         return min(self._event_ns + max(0, self._monotonic() - self._at), INT64_MAX)
 
 
+class Gap(collections.namedtuple("Gap", "start_ns end_ns reason cgroup_id kinds")):
+    """Events of a collector that never reached the server, between start_ns and end_ns (its
+    clock): any of them (cgroup_id 0, kinds None: a gap in its sequence, kernel drops), or the
+    routine events of cgroup `cgroup_id` that its budget held back, which only groups of the
+    `kinds` that read those types (Rule.routine_types) and with a process or connection in
+    that cgroup could have used."""
+    __slots__ = ()
+
+    def concerns(self, group, end_ns):
+        """Whether `group`, its window ending at `end_ns`, may miss events of this gap."""
+        if self.start_ns > end_ns or group.start_ns > self.end_ns:
+            return False
+        return not self.cgroup_id or (group.kind in self.kinds and self.cgroup_id in group.cgroups)
+
+
 class CollectorState:
     """The correlation state one collector's rules share. `engine` receives what they emit
     (emit, and the counters groups_opened / groups_closed); `rule_classes` say what the compiled
@@ -88,7 +112,11 @@ class CollectorState:
         self.clock = CollectorClock(engine.monotonic, int(cfg.limits.max_clock_skew * SEC))
         self.priority = collections.deque(maxlen=512)   # recent hot events, for late linking
         self.hot_events = 0
-        self.gaps = collections.deque(maxlen=MAX_GAPS)  # (start_ns, end_ns, reason)
+        self.gaps = collections.deque(maxlen=MAX_GAPS)  # Gaps of all its events
+        self.throttles = collections.OrderedDict()      # cgroup id -> deque of its throttle Gaps
+        # routine type -> the kinds whose groups are built from it
+        self.readers = {t: frozenset(r.kind for r in rule_classes if t in r.routine_types)
+                        for t in ROUTINE_TYPES}
         self.closed = collections.deque()               # (monotonic ns when closed, Group)
         self._opened_at = {}                            # (kind, start_ns) -> groups made so far
 
@@ -122,17 +150,45 @@ class CollectorState:
         self.engine.emit(group, closed)
 
     # -- gaps: events of this collector that never arrived ----------------------------------------
-    def note_gaps(self, group):
-        """Mark `group` incomplete for each remembered gap its window overlaps; True when that
-        told it something new. An open group's window reaches to now: it is still listening."""
-        if not self.gaps:
+    def note_gaps(self, group, gaps=None, throttles=None):
+        """Mark `group` incomplete for each gap that concerns it (Gap.concerns): of `gaps` and of
+        `throttles` ({cgroup id: its throttle Gaps}), by default every one remembered. True when
+        that told it something new. An open group's window reaches to now: it is still
+        listening."""
+        gaps = self.gaps if gaps is None else gaps
+        throttles = self.throttles if throttles is None else throttles
+        mine = [gap for cgroup_id in group.cgroups for gap in throttles.get(cgroup_id, ())] \
+            if throttles else ()
+        if not gaps and not mine:
             return False
         end = group.end_ns if group.status == "closed" else max(group.end_ns, self.clock.now())
         changed = False
-        for start_ns, end_ns, reason in self.gaps:
-            if start_ns <= end and group.start_ns <= end_ns:
-                changed |= group.mark_incomplete(start_ns, end_ns, reason)
+        for gap in itertools.chain(gaps, mine):
+            if gap.concerns(group, end):
+                changed |= group.mark_incomplete(gap.start_ns, gap.end_ns, gap.reason, gap.cgroup_id)
         return changed
+
+    def throttle_gap(self, event):
+        """The Gap a `throttled` event tells of, remembered for groups still to come; None when
+        no kind reads what it held back (tcp_accept, tcp_close)."""
+        held = event.get("throttled") or {}
+        cgroup_id = event.get("cgroup_id") or 0
+        kinds = frozenset().union(*(self.readers[t] for t in ROUTINE_TYPES if held.get(t)))
+        if not cgroup_id or not kinds:
+            return None
+        # the collector's word: a window that ends before it starts is taken the right way round
+        first = held.get("first_timestamp_ns") or event.get("timestamp_ns") or 0
+        last = held.get("last_timestamp_ns") or first
+        what = ", ".join(f"{held[t]} {t}" for t in ROUTINE_TYPES if held.get(t))
+        reason = (f"throttled: {what} held back (budget {held.get('budget', 0)} per "
+                  f"{fmt_duration(held.get('interval_ns') or 0)})")
+        gap = Gap(min(first, last), max(first, last), reason, cgroup_id, kinds)
+        windows = self.throttles.pop(cgroup_id, None) or collections.deque(maxlen=THROTTLE_WINDOWS)
+        windows.append(gap)
+        self.throttles[cgroup_id] = windows
+        while len(self.throttles) > MAX_THROTTLED_CGROUPS:
+            self.throttles.popitem(last=False)
+        return gap
 
     def prune_closed(self):
         limits = self.config.limits
@@ -144,6 +200,7 @@ class CollectorState:
         out = self.core.stats()
         out.update(recent_events=len(self.recent), recent_batches_evicted=self.recent.evicted,
                    hot_events=self.hot_events, gaps=len(self.gaps),
+                   throttle_windows=sum(len(w) for w in self.throttles.values()),
                    timestamps_clamped=self.clock.clamped,
                    closed_groups_kept=len(self.closed))
         return out
@@ -165,6 +222,10 @@ class Rule:
     connection settings, the signals it must see); `stats()` adds the rule's counters."""
 
     kind = ""
+    # the routine event types (those a collector's --cgroup-budget may hold back:
+    # tapio._fast.throttling.KINDS) its groups are built from: a group of the kind is marked
+    # incomplete when its cgroup held back one of them within the group's window
+    routine_types = ()
 
     def __init__(self, state):
         self.state = state

@@ -10,6 +10,9 @@ RESULT_NAMES = tuple(vocab.connect_result_name(i) for i in range(len(vocab.CONNE
 
 class Connectivity(Rule):
     kind = "connectivity_degradation"
+    # it counts the failed and the successful connects to a destination: one held back is
+    # missing from those counts (it reads no accept or close)
+    routine_types = ("tcp_connect",)
 
     @classmethod
     def core_options(cls, config):
@@ -57,6 +60,8 @@ class Connectivity(Rule):
             eid = self.recent.event_id(ref)
             if eid is None or not group.has_event(eid):     # each event is read once
                 group.add_event(self.recent.event(ref), eid)
+        if info["cgroup_id"]:
+            group.cgroups.add(info["cgroup_id"])
         subject = next((e for e in group.events if e["type"] == "tcp_connect"), None)
         if subject is not None:
             group.set_subject(subject)

@@ -19,6 +19,9 @@ class _Pending:
 
 class FatalSignal(Rule):
     kind = "fatal_signal"
+    # it names the process by its exec (program, command line, the parent's program): one held
+    # back leaves it known by its comm and exit only
+    routine_types = ("exec",)
 
     @classmethod
     def core_options(cls, config):

@@ -83,6 +83,10 @@ class _Pending:
 
 class OomKill(Rule):
     kind = "oom_kill"
+    # it names the victim by its exec, and judges main process or worker by it and its parent's:
+    # one held back leaves the victim known by its comm, its role perhaps unknown (the followers
+    # are exits, never held back)
+    routine_types = ("exec",)
 
     @classmethod
     def core_options(cls, config):

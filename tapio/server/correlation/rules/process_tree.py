@@ -22,6 +22,9 @@ SIGKILL = int(_signal.SIGKILL)
 
 class ProcessTree(Rule):
     kind = "process_tree"
+    # a tree's processes start with their execs: one held back is a process the tree lacks, or
+    # knows by its exit only (no program, no command line, perhaps under the wrong parent)
+    routine_types = ("exec",)
 
     @classmethod
     def core_options(cls, config):
@@ -58,6 +61,10 @@ class ProcessTree(Rule):
         group = self.state.new_group(self.kind, nodes[0]["start_ns"])
         processes = [self._process(n, now) for n in nodes]
         for n, p in zip(nodes, processes):
+            if n["cgroup_id"]:
+                # where it ran its last program (or exited); its events may be gone from the
+                # recent ones
+                group.cgroups.add(n["cgroup_id"])
             for ref in (n["first_exec"], n["last_exec"], n["exit_event"]):
                 if ref is not None:
                     group.add_event(self.recent.event(ref), self.recent.event_id(ref))
