@@ -187,7 +187,7 @@ cmd_bench() {
     apt_install "${APT_TEST[@]}"
     mkdir -p benchmarks/results
     local names=("$@")
-    [ ${#names[@]} -eq 0 ] && names=(codec ringbuf e2e correlate precision overhead history scale)
+    [ ${#names[@]} -eq 0 ] && names=(codec ringbuf e2e correlate precision overhead read_interval history scale)
     for b in "${names[@]}"; do
         [ -f "benchmarks/$b.py" ] || die "no benchmark named $b (benchmarks/*.py)"
         "$PY" "benchmarks/$b.py" --json "benchmarks/results/$b.json"
