@@ -21,7 +21,7 @@ batches of 512, one transaction per batch as ingest writes them (unless said oth
 
 And end to end: a real `tapio-server` (`--db :memory:`, the baseline, then `--db postgresql://`)
 and a real `tapio-collector --source synthetic --correlation raw` sending N events as fast as it
-can, with the collector's default batches of 100 and with batches of 1,000: events/s from the
+can, with batches of 100 and of 1,000 events (--batch-size): events/s from the
 collector's start to its exit, every event acked (its closing line says so, or the run fails).
 
 Each run starts from an empty table; the best run is reported. CPU seconds are this process's

@@ -17,16 +17,17 @@ nothing attached; Tapio (a running `tapio-server` and a `tapio-collector --enabl
 to it, both pinned to CPU 1, with its default flags but Kubernetes off); and, as the reference a
 user would otherwise reach for, `bpftrace` attached to the same tracepoints printing the same
 fields to a file. With --baseline-collector, a fourth condition runs another build's
-tapio-collector (e.g. an older checkout's .venv/bin/tapio-collector, default flags) with the same
-server: before and after a change, in the same rounds. Reported, medians over the rounds with
-their spread (min-max):
+tapio-collector (e.g. an older checkout's .venv/bin/tapio-collector, its own default flags) with
+the same server: before and after a change, in the same rounds; --collector-args go to both.
+Reported, medians over the rounds with their spread (min-max):
 
 (a) the workload's slowdown against the nothing-attached run of the same round, twice: in CPU
     time per operation (user + system of the workload and its children: what tracing adds to the
     work itself, the BPF programs run in its context; it does not move when other work on a
     shared machine takes the workload's CPU away) and in wall-clock operations per second;
 (b) the in-kernel time per invocation of each BPF program, and all of it per operation of the
-    workload and as a share of the workload's CPU time, from a second run of the workload with the watcher still attached and
+    workload and as a share of the workload's CPU time (the programs run for the whole host, so
+    other activity counts against the workload), from a second run of the workload with the watcher still attached and
     `kernel.bpf_stats_enabled` on (run_time_ns / run_cnt from bpf_prog_info, read with bpftool;
     the statistics add two clock reads to every program run, so (a) is measured without them);
 (c) the watcher's CPU (user + system, from /proc) over both runs, per million events it took in;
@@ -225,14 +226,17 @@ def prog_stats(ids):
 
 
 class Stats:
-    """Switches kernel.bpf_stats_enabled on for a run and back to what it was."""
+    """Sets kernel.bpf_stats_enabled (on: 1, off: 0) for a run and puts back what it was."""
 
     PATH = "/proc/sys/kernel/bpf_stats_enabled"
+
+    def __init__(self, on):
+        self.value = "1" if on else "0"
 
     def __enter__(self):
         self.before = read_text(self.PATH).strip()
         with open(self.PATH, "w") as f:
-            f.write("1")
+            f.write(self.value)
         return self
 
     def __exit__(self, *exc):
@@ -356,29 +360,34 @@ def measure(condition, workload, workdir, server_address, n, collector_args=(), 
     if condition == "tapio":
         watcher = Tapio(workdir, server_address, n, collector_args)
     elif condition == "baseline":
-        watcher = Tapio(workdir, server_address, n, exe=baseline)
+        watcher = Tapio(workdir, server_address, n, collector_args, exe=baseline)
     elif condition == "bpftrace":
         watcher = Bpftrace(workdir, n)
     result = {"condition": condition}
     try:
         cpu0 = proc_cpu(watcher.proc.pid) if watcher else 0
-        started = time.monotonic()
-        result["rates"] = workload()
+        with Stats(on=False):
+            result["rates"] = workload()
         if watcher:
             # the programs' own time, in a second run of the workload: kernel.bpf_stats_enabled
             # adds two clock reads to every program run, which the measured run must not pay
             ids = prog_ids(watcher.proc.pid)
             progs = prog_stats(ids)
-            with Stats():
+            with Stats(on=True):
                 timed = workload()
             after = prog_stats(ids)
             result["bpf"] = {name: {"run_time_ns": after[i][1] - t, "run_cnt": after[i][2] - c}
                              for i, (name, t, c) in progs.items() if i in after}
+            if not sum(b["run_cnt"] for b in result["bpf"].values()):
+                raise SystemExit(f"benchmark: no BPF program of {condition} ran during the workload")
             # all of it per operation, and against the workload's own CPU time in that run
             result["workload_ops"] = sum(ops for _, _, ops in timed.values())
             result["workload_cpu_s"] = sum(ops / cpu_rate for _, cpu_rate, ops in timed.values())
-            result["cpu_s"] = proc_cpu(watcher.proc.pid) - cpu0        # over both runs
-            result["watch_s"] = time.monotonic() - started
+            # the watcher's CPU over both runs, against their own length (ops / ops per second;
+            # what it spends between them, reading the statistics, counts against it)
+            result["cpu_s"] = proc_cpu(watcher.proc.pid) - cpu0
+            result["watch_s"] = sum(max(ops / wall_rate for wall_rate, _, ops in run.values())
+                                    for run in (result["rates"], timed))
             rss, hwm = proc_memory(watcher.proc.pid)
             result.update(rss_mib=rss, hwm_mib=hwm)
     finally:
@@ -450,7 +459,7 @@ def main():
     parser.add_argument("--watchers", default=",".join(CONDITIONS[1:]),
                         help="which watchers to compare with the bare run (default: tapio,bpftrace)")
     parser.add_argument("--collector-args", default="",
-                        help="more tapio-collector flags, e.g. \"--read-interval 10ms\"")
+                        help="more flags for both tapio-collectors, e.g. \"--read-interval 10ms\"")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds = 2, 1.5
@@ -549,7 +558,8 @@ def print_report(report, args, watchers):
                          spread(e["events_per_s"]), spread(e["cpu_pct_of_core"], "{:.1f}"),
                          spread(e["cpu_s_per_million_events"], "{:.1f}"), spread(e["rss_mib"], "{:.0f}"),
                          spread(e["hwm_mib"], "{:.0f}")])
-    print_table(["workload", "watcher", "BPF ns per op", "BPF time / workload CPU", "events/s", "CPU % of a core", "CPU s per M events",
+    print_table(["workload", "watcher", "BPF ns per op", "BPF time / workload CPU", "events/s",
+                 "CPU % of a core", "CPU s per M events",
                  "RSS MiB", "peak RSS MiB"], rows)
     print()
     rows = []

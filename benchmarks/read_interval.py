@@ -8,12 +8,15 @@ For each interval and run: a fresh `tapio-server` and `tapio-collector --enable-
 of benchmarks/overhead.py (2,500 loopback connections/s, ~10 k kernel events/s) runs on CPU 0.
 Reported: the collector's CPU (user + system, from /proc) as a share of one core over the storm,
 the batches it sent, and the latency of its events from the kernel's timestamp to the server's
-decode, p50 and p99, from the server's closing line (its histogram's buckets). The runs of the
-intervals are interleaved, so that the machine's other work spreads over all of them.
+decode, p50 and p99, from the server's closing line (its histogram's buckets). A run counts only
+when the collector took in all four events of every connection and the kernel dropped none (a
+collector that lost events would look cheaper). The runs of the intervals are interleaved, so
+that the machine's other work spreads over all of them.
 """
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +43,8 @@ def one_run(workdir, storm, interval, seconds, n):
         try:
             wait_for(lambda: "Tapio server listening" in read_text(server_log) or server.poll() is not None,
                      60, "tapio-server")
+            if server.poll() is not None:
+                raise SystemExit(f"benchmark: tapio-server exited:\n{read_text(server_log)}")
             collector = subprocess.Popen(
                 ["taskset", "-c", WATCHER_CPU, os.path.join(BIN, "tapio-collector"), "--enable-ebpf",
                  "--server", f"127.0.0.1:{port}", "--enable-k8s=false", "--metrics-interval", "0",
@@ -49,7 +54,7 @@ def one_run(workdir, storm, interval, seconds, n):
             if collector.poll() is not None:
                 raise SystemExit(f"benchmark: tapio-collector exited:\n{read_text(collector_log)}")
             cpu0 = proc_cpu(collector.pid)
-            run_storm(storm, "connect", seconds, PACED_CONNECTS)
+            ((wall_rate, _, connections),) = run_storm(storm, "connect", seconds, PACED_CONNECTS).values()
             cpu = proc_cpu(collector.pid) - cpu0
         finally:
             if collector is not None:
@@ -60,8 +65,17 @@ def one_run(workdir, storm, interval, seconds, n):
     if not closing:
         raise SystemExit(f"benchmark: no closing line from tapio-server:\n{read_text(server_log)[-2000:]}")
     events, batches, p50, p99 = closing.groups()
-    return {"interval": interval, "cpu_pct": 100 * cpu / seconds, "events": int(events),
-            "batches": int(batches), "p50_ms": float(p50), "p99_ms": float(p99)}
+    # a collector that lost or held back events would look cheaper: it must have taken in every
+    # connect, accept and close (4 per connection), and the kernel dropped nothing
+    ledger = re.search(r"(\d+) events seen, (\d+) dropped in the kernel", read_text(collector_log))
+    if not ledger:
+        raise SystemExit(f"benchmark: no closing line from tapio-collector:\n{read_text(collector_log)[-2000:]}")
+    seen, kernel_drops = (int(x) for x in ledger.groups())
+    if kernel_drops or seen < 4 * connections:
+        raise SystemExit(f"benchmark: --read-interval {interval}: the collector saw {seen:,} events "
+                         f"for {connections:,.0f} connections and {kernel_drops:,} dropped in the kernel")
+    return {"interval": interval, "cpu_pct": 100 * cpu / (connections / wall_rate), "seen": seen,
+            "delivered": int(events), "batches": int(batches), "p50_ms": float(p50), "p99_ms": float(p99)}
 
 
 def main():
@@ -73,6 +87,10 @@ def main():
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("benchmark: needs root (eBPF)")
+    if not {0, 1} <= os.sched_getaffinity(0):
+        raise SystemExit("benchmark: needs CPUs 0 and 1 (the storm on one, Tapio on the other)")
+    if shutil.which("taskset") is None:
+        raise SystemExit("benchmark: needs taskset (util-linux)")
     intervals = [i for i in args.intervals.split(",") if i]
     results = []
     with tempfile.TemporaryDirectory() as workdir:

@@ -134,7 +134,8 @@ static __always_inline void fill_header_task(struct tapio_header *h, __u32 type,
  * a probe read each; NULL on older kernels, where callers probe-read from bpf_get_current_task(). */
 static __always_inline struct task_struct *current_task_btf(void)
 {
-	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf))
+	if (!tapio_config.probe_reads_only &&
+	    bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf))
 		return bpf_get_current_task_btf();
 	return NULL;
 }

@@ -26,7 +26,6 @@ typedef _Bool bool;
 #define true 1
 #define false 0
 
-/* bpf_helper_defs.h names these in helper prototypes; their contents are never read here. */
 /* Whether the running kernel has a helper: bpf_core_enum_value_exists() on this enum is relocated
  * against the kernel's BTF at load time, and the verifier never visits a branch it rules out. */
 enum bpf_func_id {
@@ -34,6 +33,7 @@ enum bpf_func_id {
 	BPF_FUNC_get_current_task_btf = 158, /* Linux 5.11 */
 };
 
+/* bpf_helper_defs.h names these in helper prototypes; their contents are never read here. */
 enum bpf_map_type {
 	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,

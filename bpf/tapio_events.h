@@ -153,6 +153,9 @@ struct tapio_config {
 	__u32 filter_cgroups; /* 1: only tasks whose cgroup id is in the cgroup_allow map */
 	__u32 routine_limit;  /* ring-buffer bytes routine events may fill (0: all); the rest is
 			       * kept for priority events: OOM kills, fatal signals, failed exits */
+	__u32 probe_reads_only; /* 1: read the kernel as on Linux < 5.9, with probe reads, even
+				 * where helpers give BTF pointers (tests run that path) */
+	__u32 _pad;
 };
 
 #endif /* TAPIO_EVENTS_H */

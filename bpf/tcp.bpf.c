@@ -48,7 +48,8 @@ struct {
  */
 static __always_inline const struct tcp_sock *tcp_sock_btf(const struct sock *sk)
 {
-	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_skc_to_tcp_sock))
+	if (!tapio_config.probe_reads_only &&
+	    bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_skc_to_tcp_sock))
 		return bpf_skc_to_tcp_sock((void *)sk);
 	return NULL;
 }
@@ -77,7 +78,8 @@ static __always_inline void read_addrs(struct tapio_tcp *e, const struct sock *s
 		((__u32 *)e->saddr)[0] = c->skc_rcv_saddr;
 		((__u32 *)e->daddr)[0] = c->skc_daddr;
 	} else {
-		for (i = 0; i < 4; i++) {
+#pragma unroll
+		for (i = 0; i < 4; i++) { /* a BTF pointer cannot load at a variable offset */
 			((__u32 *)e->saddr)[i] = c->skc_v6_rcv_saddr.in6_u.u6_addr32[i];
 			((__u32 *)e->daddr)[i] = c->skc_v6_daddr.in6_u.u6_addr32[i];
 		}
@@ -145,7 +147,9 @@ static __always_inline void payload_bytes(const struct sock *sk, const struct tc
 static __always_inline void emit_tcp(const struct sock *sk, bool sk_is_btf, __u32 type,
 				     struct sock_owner *owner, __s32 error, int oldstate)
 {
-	const struct tcp_sock *tp = sk_is_btf ? tcp_sock_btf(sk) : NULL;
+	/* only a close reads tcp_sock fields (and the port it gave back); elsewhere, the rare
+	 * failed connect without a port probe-reads it */
+	const struct tcp_sock *tp = sk_is_btf && type == TAPIO_EVENT_TCP_CLOSE ? tcp_sock_btf(sk) : NULL;
 	struct tapio_tcp *e;
 	__u64 now;
 

@@ -5,8 +5,10 @@ process and finds exactly that in the collector's JSON lines, by pid.
 """
 import contextlib
 import ctypes
+import json
 import os
 import platform
+import re
 import signal
 import socket
 import struct
@@ -24,13 +26,33 @@ from tests.helpers import BIN, CollectorProcess, recv_exactly, require_ebpf, tcp
 pytestmark = pytest.mark.kernel
 
 
-@pytest.fixture(scope="module")
-def collector(tmp_path_factory):
+# Every fact is checked twice: as this kernel lets the programs read it (BTF pointers from
+# bpf_skc_to_tcp_sock and bpf_get_current_task_btf, plain loads), and as kernels before 5.9 make
+# them (a probe read per field), which TAPIO_PROBE_READS_ONLY=1 forces here.
+@pytest.fixture(scope="module", params=["btf", "probe reads"])
+def collector(request, tmp_path_factory):
     require_ebpf()
-    proc = CollectorProcess(tmp_path_factory.mktemp("collector") / "events.jsonl")
+    env = {"TAPIO_PROBE_READS_ONLY": "1"} if request.param == "probe reads" else {}
+    proc = CollectorProcess(tmp_path_factory.mktemp("collector") / "events.jsonl", env=env)
+    proc.reads = request.param
     proc.wait_attached()
     yield proc
     assert proc.stop() == 0, proc.log()
+
+
+def test_probe_reads_only_loads_the_old_kernels_code(collector):
+    """Each mode runs the code it names: only the BTF one calls bpf_skc_to_tcp_sock."""
+    fdinfo = f"/proc/{collector.proc.pid}/fdinfo"
+    ids = set()
+    for fd in os.listdir(fdinfo):
+        with open(os.path.join(fdinfo, fd)) as f:
+            ids.update(re.findall(r"^prog_id:\s+(\d+)", f.read(), re.M))
+    programs = json.loads(subprocess.run(["bpftool", "--json", "prog", "show"], check=True,
+                                         capture_output=True).stdout)
+    (tcp_state,) = [p["id"] for p in programs if str(p["id"]) in ids and p.get("name") == "tapio_tcp_state"]
+    code = subprocess.run(["bpftool", "prog", "dump", "xlated", "id", str(tcp_state)], check=True,
+                          capture_output=True, text=True).stdout
+    assert ("bpf_skc_to_tcp_sock" in code) == (collector.reads == "btf"), code[:2000]
 
 
 def by_pid(pid, type_):

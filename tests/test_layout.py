@@ -9,7 +9,7 @@ from tapio._fast.layout import bpf_layout, host_layout
 
 # The ABI of the ring-buffer records. Change it only together with bpf/tapio_events.h.
 SIZES = {"tapio_header": 56, "tapio_exec": 584, "tapio_exit": 88, "tapio_tcp": 128,
-         "tapio_oom": 184, "tapio_signal": 88, "tapio_throttled": 120, "tapio_config": 16, "tapio_event": 584}
+         "tapio_oom": 184, "tapio_signal": 88, "tapio_throttled": 120, "tapio_config": 24, "tapio_event": 584}
 HEADER = {"timestamp_ns": (0, 8), "cgroup_id": (8, 8), "type": (16, 4), "pid": (20, 4),
           "tid": (24, 4), "ppid": (28, 4), "uid": (32, 4), "gid": (36, 4), "comm": (40, 16)}
 

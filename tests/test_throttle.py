@@ -191,7 +191,7 @@ async def test_the_pump_sends_summaries_and_the_ledger_closes(autojump_clock, pa
     sink = RecordingSink()
     budget = CgroupBudget(100, SECOND, burst=50)
     pump = Pump(ListSource(records), sink, BatchEncoder("c", "n", 0), processor, 200, 0.1,
-                first_batch_id=1, budget=budget)
+                first_batch_id=1, read_interval=0.001, budget=budget)
     await pump.run()
     events = [b[2].event_dict(i) for b in sink.batches for i in range(len(b[2]))]
     by_type = {}

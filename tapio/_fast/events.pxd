@@ -110,3 +110,4 @@ cdef extern from "tapio_events.h" nogil:
         uint32_t enabled_types
         uint32_t filter_cgroups
         uint32_t routine_limit
+        uint32_t probe_reads_only

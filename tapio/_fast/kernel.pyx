@@ -349,12 +349,16 @@ cdef class KernelProbes:
         if err < 0:
             raise _bpf_error(-err, "cannot size the ring buffer")
 
+        memset(&config, 0, sizeof(config))
         config.self_tgid = os.getpid() if self_tgid is None else self_tgid
         config.enabled_types = 0
         for t in wanted:
             config.enabled_types |= 1u << t
         config.filter_cgroups = 1 if cgroup_allow is not None else 0
         config.routine_limit = <uint32_t>(self.ring_buffer_bytes * routine_share)
+        # TAPIO_PROBE_READS_ONLY=1: read the kernel as on Linux < 5.9 (a probe read per field)
+        # even where this one has the helpers that give BTF pointers: how tests run that path
+        config.probe_reads_only = os.environ.get("TAPIO_PROBE_READS_ONLY") == "1"
         offset = _global_offset(self.obj, b".rodata", b"tapio_config")
         rodata_image = <char *>bpf_map__initial_value(rodata, &rodata_size)
         if offset < 0 or rodata_image == NULL or offset + sizeof(config) > rodata_size:

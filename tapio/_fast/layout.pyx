@@ -63,6 +63,7 @@ cdef extern from *:
         TAPIO_FIELD(tapio_throttled, budget), TAPIO_FIELD(tapio_throttled, burst),
         TAPIO_FIELD(tapio_config, self_tgid), TAPIO_FIELD(tapio_config, enabled_types),
         TAPIO_FIELD(tapio_config, filter_cgroups), TAPIO_FIELD(tapio_config, routine_limit),
+        TAPIO_FIELD(tapio_config, probe_reads_only), TAPIO_FIELD(tapio_config, _pad),
     };
     static const size_t tapio_host_field_count = sizeof(tapio_host_fields) / sizeof(tapio_host_fields[0]);
     #define TAPIO_SIZE(s) { #s, sizeof(struct s) }

@@ -17,9 +17,10 @@ Both can run at once (`--correlation both`); every batch says which path it came
 | enable_raw_path       | False   | `--correlation raw|both`                                        |
 | enable_semantic_path  | True    | `--correlation semantic|both`                                   |
 
-tapio-collector's own defaults for the two batch sizes are 500: a batch costs the collector about a
-millisecond of CPU on its way out and back (thread hops in gRPC), whatever it holds (README, "Cost
-on the node"). The original's other settings belong to other parts here: flush_interval to the pump
+tapio-collector's own defaults for the two batch sizes are larger (tapio/collector/cli.py): a batch
+costs the collector about a millisecond of CPU on its way out and back (thread hops in gRPC),
+whatever it holds (README, "Cost on the node"). The original's other settings belong to other
+parts here: flush_interval to the pump
 (`--flush-interval`), max_memory_usage to the send buffer (`--max-memory`), metrics_interval
 to the statistics log (`--metrics-interval`), tapio_server_addr to the connection manager
 (`--server`); worker_count has no counterpart (per-event work is C in one thread, and

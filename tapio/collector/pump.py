@@ -41,10 +41,11 @@ class PumpStats:
 class Pump:
     CONGESTION_POLL = 0.002      # seconds between looks at a congested sink
     def __init__(self, source, sink, encoder, processor, buffer_size, flush_interval,
-                 first_batch_id=None, idle_poll=1.0, read_interval=0.005, budget=None):
+                 first_batch_id=None, idle_poll=1.0, *, read_interval, budget=None):
         """The ledger follows one path's batches (see tapio.collector.ledger): the semantic
         one when it runs; the other path's batches are submitted with 0 events to count.
-        budget: a tapio.collector.budget.CgroupBudget (--cgroup-budget), or None."""
+        read_interval: seconds (--read-interval). budget: a tapio.collector.budget.CgroupBudget
+        (--cgroup-budget), or None."""
         self.source = source
         self.sink = sink
         self.encoder = encoder
