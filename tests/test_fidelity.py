@@ -323,9 +323,25 @@ def closes_of(collector, truths):
 
 
 def wait_closed(collector, truths):
-    """Until the collector has reported both sides' closes of `truths`; stamps their end."""
-    wait_until(lambda: count(closes_of(collector, truths)) >= 2 * len(truths),
-               what=f"the closes of {len(truths)} connection(s)")
+    """Until the collector has reported both sides' closes of `truths`; stamps their end. When they
+    do not come, the failure says what the collector did report of those connections, and
+    whether the closes came late or not at all."""
+    def closed():
+        return count(closes_of(collector, truths)) >= 2 * len(truths)
+    try:
+        wait_until(closed, what=f"the closes of {len(truths)} connection(s)")
+    except pytest.fail.Exception:
+        deadline = time.monotonic() + 20
+        while not closed() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        late = closed()
+        ports = {p for t in truths for p in (t.client_port, t.server_port)}
+        seen = [e for e in collector.events() if e["type"].startswith("tcp_")
+                and ports & {e[e["type"]].get("sport"), e[e["type"]].get("dport")}]
+        pytest.fail(f"the closes of {len(truths)} connection(s) did not come within 10s "
+                    f"({'they came within 20s more' if late else 'nor within 20s more'}); "
+                    f"this process is {os.getpid()}; the collector reported of their ports: {seen}\n"
+                    f"{collector.log()[-3000:]}")
     for t in truths:
         t.stamp("end")
 
