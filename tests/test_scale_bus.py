@@ -6,6 +6,7 @@ throttled cgroups as a server without a bus does.
 
 Batches are built with the protobuf library (tests/correlation_fixtures.py) and go through the
 real Ingest engine, as the gRPC service hands them over."""
+import contextlib
 import time
 
 import pytest
@@ -133,6 +134,21 @@ def _replica(cluster, name, groups, lease=3.0):
     return Replica(cluster.urls, name, ingest, store, engine, replay=60, lease=lease), ingest
 
 
+@contextlib.contextmanager
+def _streaming_to_one_replica(collector_id, node):
+    """Replica a alone on a 3-node cluster, with a stream of `collector_id` open on it:
+    (replica, ingest, session, events to send, {group id: its versions})."""
+    with nats_cluster(3) as cluster:
+        groups = {}
+        replica, ingest = _replica(cluster, "a", groups)
+        try:
+            session = StreamSession("test")
+            ingest.hello(session, collector_id, node, "v")
+            yield replica, ingest, session, Events(collector_id, node, start_ns=time.time_ns()), groups
+        finally:
+            replica.close(2)
+
+
 def test_one_owner_per_partition_and_a_takeover_keeps_the_group():
     with nats_cluster(3) as cluster:
         groups_a, groups_b = {}, {}
@@ -182,60 +198,44 @@ def test_one_owner_per_partition_and_a_takeover_keeps_the_group():
 
 
 def test_the_owner_marks_groups_that_overlap_a_sequence_gap_incomplete():
-    with nats_cluster(3) as cluster:
-        groups = {}
-        a, ingest = _replica(cluster, "a", groups)
-        try:
-            session = StreamSession("test")
-            ingest.hello(session, "col-gap", "node-gap", "v")
-            ev = Events("col-gap", "node-gap", start_ns=time.time_ns())
-            for i in range(6):
-                raw, batch = request(ev, crash_exit(ev, i), seq=(i + 1, i + 1))
-                ingest.submit(session, batch, raw)
-            # events 7..9 never arrive: the next batch starts at 10
-            raw, batch = request(ev, crash_exit(ev, 6), seq=(10, 10))
+    with _streaming_to_one_replica("col-gap", "node-gap") as (a, ingest, session, ev, groups):
+        for i in range(6):
+            raw, batch = request(ev, crash_exit(ev, i), seq=(i + 1, i + 1))
             ingest.submit(session, batch, raw)
-            responses(session, 7, 20)
+        # events 7..9 never arrive: the next batch starts at 10
+        raw, batch = request(ev, crash_exit(ev, 6), seq=(10, 10))
+        ingest.submit(session, batch, raw)
+        responses(session, 7, 20)
 
-            def latest():
-                return [versions[-1] for versions in groups.values()]
-            wait_until(lambda: latest() and latest()[0]["incomplete"], 20,
-                       what=f"the crash loop marked incomplete: {latest()}")
-            (group,) = latest()
-            assert group["attributes"]["gaps"][0]["reason"] == "sequence gap 7-9 (3 events)"
-        finally:
-            a.close(2)
+        def latest():
+            return [versions[-1] for versions in groups.values()]
+        wait_until(lambda: latest() and latest()[0]["incomplete"], 20,
+                   what=f"the crash loop marked incomplete: {latest()}")
+        (group,) = latest()
+        assert group["attributes"]["gaps"][0]["reason"] == "sequence gap 7-9 (3 events)"
 
 
 def test_the_owner_marks_the_groups_of_a_throttled_cgroup_only():
     """Refused connects from two cgroups to one port, then a throttled event of one of them:
     through the bus the owner marks that cgroup's connectivity group incomplete, not the other."""
     noisy, quiet = 4100, 4200
-    with nats_cluster(3) as cluster:
-        groups = {}
-        a, ingest = _replica(cluster, "a", groups)
-        try:
-            session = StreamSession("test")
-            ingest.hello(session, "col-thr", "node-thr", "v")
-            ev = Events("col-thr", "node-thr", start_ns=time.time_ns())
-            start = ev.now
-            for pid, cgroup_id in ((600, noisy), (700, quiet)):
-                raw, batch = request(ev, *(ev.connect(pid, "client", "10.0.0.9", 5432, cgroup_id=cgroup_id)
-                                           for _ in range(5)))
-                ingest.submit(session, batch, raw)
-            ev.at(0.5)
-            raw, batch = request(ev, ev.throttled(noisy, start, ev.now, tcp_connect=200))
+    with _streaming_to_one_replica("col-thr", "node-thr") as (a, ingest, session, ev, groups):
+        start = ev.now
+        for pid, cgroup_id in ((600, noisy), (700, quiet)):
+            raw, batch = request(ev, *(ev.connect(pid, "client", "10.0.0.9", 5432, cgroup_id=cgroup_id)
+                                       for _ in range(5)))
             ingest.submit(session, batch, raw)
-            responses(session, 3, 20)
+        ev.at(0.5)
+        raw, batch = request(ev, ev.throttled(noisy, start, ev.now, tcp_connect=200))
+        ingest.submit(session, batch, raw)
+        responses(session, 3, 20)
 
-            def latest():
-                return {v[-1]["attributes"]["cgroup_id"]: v[-1] for v in groups.values()}
-            wait_until(lambda: latest().get(noisy, {}).get("incomplete"), 20,
-                       what=f"the noisy cgroup's group marked incomplete: {latest()}")
-            group = latest()[noisy]
-            assert group["attributes"]["gaps"][0]["reason"] == "throttled: 200 tcp_connect held back (budget 100 per 1.0 s)"
-            assert group["attributes"]["gaps"][0]["cgroup_id"] == noisy
-            assert latest()[quiet]["incomplete"] is False
-            assert a.correlation.stats()["groups_marked_incomplete_by_reason"] == {"throttled": 1}
-        finally:
-            a.close(2)
+        def latest():
+            return {v[-1]["attributes"]["cgroup_id"]: v[-1] for v in groups.values()}
+        wait_until(lambda: latest().get(noisy, {}).get("incomplete"), 20,
+                   what=f"the noisy cgroup's group marked incomplete: {latest()}")
+        group = latest()[noisy]
+        assert group["attributes"]["gaps"][0]["reason"] == "throttled: 200 tcp_connect held back (budget 100 per 1.0 s)"
+        assert group["attributes"]["gaps"][0]["cgroup_id"] == noisy
+        assert latest()[quiet]["incomplete"] is False
+        assert a.correlation.stats()["groups_marked_incomplete_by_reason"] == {"throttled": 1}
