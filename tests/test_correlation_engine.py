@@ -524,6 +524,67 @@ def test_an_oom_victim_whose_parent_the_runtime_forked_is_its_main_process():
     assert group["attributes"]["victim_role"] == "main"
 
 
+def kill_ahead_of_its_read(h, ctx, parent_exec, victim_exec, victim=6291, ppid=6290):
+    """A victim that execs and is OOM-killed within one collector read: the kill comes in the
+    read's priority batch, ahead of the routine batch with its exec and its parent's."""
+    ev = h.ev
+    t_parent, t_victim, t_kill = ev.at(0), ev.at(0.01), ev.at(0.02)
+    h.feed(ev.oom(victim, "payment", cgroup_id=77, context=ctx, ppid=ppid, ts=t_kill))
+    [opened] = h.versions("oom_kill")
+    assert opened["attributes"]["victim_role"] == "unknown", "nothing can be said before the exec"
+    routine = [parent_exec(t_parent)] if parent_exec else []
+    if victim_exec:
+        routine.append(ev.exec(victim, ppid, "payment", cgroup_id=77, context=ctx, ts=t_victim))
+    h.feed(*routine, ev.exit(6299, 1, "bash", cgroup_id=1, context=cgroup("/")))
+    h.tick(6)
+    [group] = h.closed("oom_kill")
+    return group
+
+
+def test_an_oom_victim_killed_ahead_of_its_exec_is_judged_when_the_exec_comes():
+    """The kill of a worker whose parent and itself were exec'd in the same read as the kill."""
+    h = Harness()
+    ctx = pod_context()
+    group = kill_ahead_of_its_read(
+        h, ctx, lambda ts: h.ev.exec(6290, 6289, "payment", cgroup_id=77, context=ctx, ts=ts), True)
+    assert group["attributes"]["victim_role"] == "worker"
+    assert "a worker of its container (parent payment, pid 6290)" in group["summary"]
+    assert group["attributes"]["processes"][0]["executable"] == "/usr/bin/payment", "its exec joined"
+
+
+def test_an_oom_main_process_killed_ahead_of_its_exec_is_judged_when_the_exec_comes():
+    """The runtime's process (here a shim that exec'd outside the container) is the parent."""
+    h = Harness()
+    ctx = pod_context()
+    shim = cgroup("/system.slice/containerd.service")
+    group = kill_ahead_of_its_read(
+        h, ctx, lambda ts: h.ev.exec(6290, 1, "containerd-shim", cgroup_id=10, context=shim, ts=ts), True)
+    assert group["attributes"]["victim_role"] == "main"
+    assert "the main process of its container" in group["summary"]
+
+
+def test_an_oom_victim_whose_exec_never_comes_stays_unknown():
+    h = Harness()
+    ctx = pod_context()
+    group = kill_ahead_of_its_read(h, ctx, None, False)
+    assert group["attributes"]["victim_role"] == "unknown"
+    assert "main process" not in group["summary"] and "worker" not in group["summary"]
+
+
+def test_an_exec_of_the_victims_pid_after_the_kill_says_nothing_of_its_role():
+    """A pid used again after the kill is another process: its exec is not the victim's."""
+    h = Harness()
+    ev = h.ev
+    ctx = pod_context()
+    h.feed(ev.oom(6291, "payment", cgroup_id=77, context=ctx, ppid=6290))
+    ev.at(0.5)
+    h.feed(ev.exec(6291, 6290, "payment", cgroup_id=77, context=ctx))
+    h.tick(6)
+    [group] = h.closed("oom_kill")
+    assert group["attributes"]["victim_role"] == "unknown"
+    assert len(group["event_ids"]) == 1, "the later exec is not the victim's"
+
+
 def test_an_oom_victim_of_unknown_descent_says_so():
     h = Harness()
     h.feed(h.ev.oom(6260, "python3", memcg="tapio-test-2", cgroup_id=1, context=cgroup("/"), ppid=6259))

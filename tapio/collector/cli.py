@@ -94,7 +94,7 @@ examples:
            help="most events per semantic batch")
     p.flag("--flush-interval", type=non_negative(parse_duration), default="1s", metavar="DURATION",
            help="longest time an event waits for its batch while one is in flight")
-    p.flag("--read-interval", type=at_most(1.0, parse_duration, "s"), default="5ms", metavar="DURATION",
+    p.flag("--read-interval", type=at_most(1.0, parse_duration, "s"), default="50ms", metavar="DURATION",
            help="while events flow, read the kernel once per this interval (a lone event is read "
                 "at once); the kernel wakes the collector at most once per interval. 0: at every event; "
                 "at most 1s (a longer wait lets the ring buffer overflow)")

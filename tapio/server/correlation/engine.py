@@ -207,8 +207,8 @@ class _Collector(CollectorState):
                 for rule in self.rules:
                     rule.on_event(event)
                 self.priority.append(event)
-        if hot or opened:
-            for rule in self.rules:
+        for rule in self.rules:
+            if hot or opened or rule.awaiting:
                 rule.on_batch(batch, hot or (), opened)
         throttled = match_records(batch, THROTTLED)     # in C; [] for nearly every batch
         if throttled:

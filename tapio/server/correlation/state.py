@@ -213,7 +213,9 @@ class Rule:
                               the signals some rule asked for, OOM kills), as an event dict
     on_batch(batch, hot, opened)  once the batch's hot records were dispatched: the batch, the
                               indices of its hot records, the destination slots that crossed the
-                              connectivity threshold (None when there are none)
+                              connectivity threshold (None when there are none); for a batch
+                              with neither, only while the rule's `awaiting` is true (it waits
+                              for what a later batch may bring)
     on_tick(now, force)       every [limits] tick, with the collector's time; force: shutdown,
                               close everything now
     open_groups()             the groups it holds open (they may still change)
@@ -226,6 +228,7 @@ class Rule:
     # tapio._fast.throttling.KINDS) its groups are built from: a group of the kind is marked
     # incomplete when its cgroup held back one of them within the group's window
     routine_types = ()
+    awaiting = False
 
     def __init__(self, state):
         self.state = state

@@ -64,7 +64,7 @@ def place_words(event, scope):
 
 class _Pending:
     __slots__ = ("group", "event", "victim", "scope", "kill_ns", "until_ns",
-                 "kills", "victim_exit", "victim_signal", "followers", "role", "parent")
+                 "kills", "victim_exit", "victim_signal", "followers", "role", "parent", "judged")
 
     def __init__(self, group, event, until_ns, kills):
         self.group = group
@@ -79,6 +79,7 @@ class _Pending:
         self.followers = []
         self.role = "unknown"
         self.parent = None           # the parent's process-table entry, when it was known
+        self.judged = False          # the role is final (else: the victim's exec is awaited)
 
 
 class OomKill(Rule):
@@ -98,6 +99,7 @@ class OomKill(Rule):
         self.pending = []                          # _Pending within their follow window
         self.history = {}                          # container or cgroup -> deque of kill times
         self._opened = False                       # an OOM kill in the batch being dispatched
+        self.awaiting = False                      # some pending victim's exec is awaited
 
     def open_groups(self):
         return [p.group for p in self.pending]
@@ -117,14 +119,28 @@ class OomKill(Rule):
                     self._link(pending, event)
 
     def on_batch(self, batch, hot, opened):
-        if not self._opened:
-            return
-        self._opened = False
-        # the cgroup was not watched yet when C read this batch: its other exits now
-        seen = set(hot)
-        for i in match_records(batch, EXIT):
-            if i not in seen:
-                self._exit(batch.event_dict(i))
+        if self._opened:
+            self._opened = False
+            # the cgroup was not watched yet when C read this batch: its other exits now
+            seen = set(hot)
+            for i in match_records(batch, EXIT):
+                if i not in seen:
+                    self._exit(batch.event_dict(i))
+        if self.awaiting:
+            self._judge_late()
+
+    def _judge_late(self):
+        """Judge the roles left open for want of the victim's exec, once a batch brought it.
+        A kill is sent ahead of the routine events read with it (the exec of a victim that died
+        young, its parent's), so the batch after the kill's usually does; its parent is then in
+        the table as it would have been had the batches come in the kernel's order."""
+        for pending in self.pending:
+            if pending.judged or not self._take_exec(pending):
+                continue
+            pending.role, pending.parent, pending.judged = self._role(pending.event)
+            self._fill(pending)
+            self.state.emit(pending.group, False)
+        self.awaiting = any(not p.judged for p in self.pending)
 
     def on_tick(self, now, force):
         self.core.expire_watches(now)
@@ -152,12 +168,9 @@ class OomKill(Rule):
         if len(self.history) > MAX_KEYS:
             self.history.pop(next(iter(self.history)))
         pending = _Pending(group, event, ts + int(cfg.follow * SEC), len(history))
-        pending.role, pending.parent = self._role(event)    # now: the parent may soon be gone
-        node = self.core.process(pending.victim)
-        if node is not None and node["last_exec"] is not None:
-            exec_ev = self.recent.event(node["last_exec"])
-            if exec_ev is not None and exec_ev["pid"] == pending.victim:
-                group.add_event(exec_ev)
+        # now: the parent may soon be gone
+        pending.role, pending.parent, pending.judged = self._role(event)
+        self._take_exec(pending)
         for e in self.state.priority:    # the victim's signal and exit, when they came first
             if e["pid"] == pending.victim and e["timestamp_ns"] >= ts - SEC:
                 self._link(pending, e)
@@ -167,10 +180,23 @@ class OomKill(Rule):
         if len(self.pending) < MAX_PENDING:
             self.pending.append(pending)
             self._opened = True
+            self.awaiting = self.awaiting or not pending.judged
         self._fill(pending)
         self.state.open(group)
         if len(self.pending) >= MAX_PENDING:
             self.state.emit(group, True)
+
+    def _take_exec(self, pending):
+        """Add the victim's exec to its group, if the table knows one from before the kill;
+        returns whether it does."""
+        node = self.core.process(pending.victim)
+        if node is None or node["pid"] != pending.victim or node["last_exec"] is None:
+            return False
+        exec_ev = self.recent.event(node["last_exec"])
+        if exec_ev is None or exec_ev["pid"] != pending.victim or exec_ev["timestamp_ns"] > pending.kill_ns:
+            return False
+        pending.group.add_event(exec_ev)
+        return True
 
     def _link(self, pending, event):
         kind = event["type"]
@@ -199,23 +225,24 @@ class OomKill(Rule):
                 pending.followers.append(event)
 
     def _role(self, event):
-        """("main" | "worker" | "unknown", the parent's table entry or None): the main process
-        of its container or cgroup is the one whose parent is outside it (a container's PID 1,
-        started by the runtime; a unit's main process, started by PID 1)."""
+        """("main" | "worker" | "unknown", the parent's table entry or None, final): the main
+        process of its container or cgroup is the one whose parent is outside it (a container's
+        PID 1, started by the runtime; a unit's main process, started by PID 1). Not final: the
+        victim's exec, which may still come, would say more."""
         scope = role_scope(event)
         if scope is None:
-            return "unknown", None
+            return "unknown", None, True
         ppid = event.get("ppid") or 0
         parent = self.core.process(ppid) if ppid else None
         if parent is None or parent["pid"] != ppid:
             if ppid == 1:
-                return "main", None
+                return "main", None, True
             # A parent inside the scope runs a program there, so its exec is seen once the scope
             # is; a parent never seen while the victim's own exec was is the runtime's (conmon,
-            # a shim: forked, never exec'd). Without the victim's exec nothing can be said.
+            # a shim: forked, never exec'd). Without the victim's exec nothing can be said yet.
             victim = self.core.process(event["pid"])
             seen = victim is not None and victim["pid"] == event["pid"] and victim["last_exec"]
-            return ("main" if seen else "unknown"), None
+            return ("main", None, True) if seen else ("unknown", None, False)
         kind, value = scope
         if kind == "container":
             parent_exec = self.recent.event(parent["last_exec"]) if parent["last_exec"] else None
@@ -225,7 +252,7 @@ class OomKill(Rule):
                 inside = parent["cgroup_id"] == event.get("cgroup_id")
         else:
             inside = parent["cgroup_id"] == value
-        return ("worker" if inside else "main"), parent
+        return ("worker" if inside else "main"), parent, True
 
     def _fill(self, pending):
         group, event = pending.group, pending.event
